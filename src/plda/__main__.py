@@ -1,0 +1,3 @@
+from plda.cli.main import main
+
+raise SystemExit(main())

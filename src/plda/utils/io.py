@@ -1,0 +1,117 @@
+"""Atomic file writing and safe path handling.
+
+Every file the toolkit writes goes through :func:`atomic_write`: data is written to a temporary
+file in the destination folder, flushed, fsync'ed and renamed over the target, so a run killed
+at any moment leaves either the old file or the complete new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from plda.errors import DataError
+
+_TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success rename it onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def atomic_save_image(path: str | os.PathLike, image: "Any", format: str | None = None) -> None:
+    """Save a PIL image atomically (format guessed from the suffix unless given)."""
+    path = Path(path)
+    fmt = format or {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """``numpy.savez_compressed`` made atomic."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Remove temporary files left by a killed writer in ``folder``; return how many."""
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.glob(_TMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+# Ids are file stems: letters, digits and a few separators; never a path.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_id(image_id: str, source: str = "") -> str:
+    """Return ``image_id`` if it is a safe file stem, else raise ``DataError``.
+
+    Rejects anything that could escape the dataset root (``..``, ``/``, ``\\``, absolute paths,
+    empty strings, control characters).
+    """
+    where = f" in {source}" if source else ""
+    if not isinstance(image_id, str) or not _ID_RE.match(image_id) or ".." in image_id:
+        raise DataError(
+            f"invalid image id {image_id!r}{where}: expected a file stem of letters, digits, "
+            "'_', '-' and '.' (no path separators, no '..')"
+        )
+    return image_id
+
+
+def safe_join(root: str | os.PathLike, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and refuse a result outside ``root``."""
+    root_r = Path(root).resolve()
+    p = root_r.joinpath(*parts).resolve()
+    if p != root_r and root_r not in p.parents:
+        raise DataError(f"path {'/'.join(parts)!r} escapes the root folder {str(root)!r}")
+    return p
