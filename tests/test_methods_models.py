@@ -1,0 +1,258 @@
+"""Model-level checks of the stage-1 methods on a tiny fake backbone (3x32x32 images)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plda.errors import DataError
+from plda.methods import (LossWeights, MethodConfig, SEAMConfig, SEAMPLDAModel, build_method,
+                          convert_reference_state_dict)
+from plda.methods.seam_plda import dropout_disabled
+
+NUM_CLASSES = 3
+TERMS = {
+    "cam": {"cls"},
+    "seam": {"cls", "rvmin", "er", "ecr"},
+    "seam_plda": {"cls", "rvmin", "er", "ecr", "domain", "cps_source", "cps_target"},
+}
+STATS = {"seam_plda": {"stat/grl_alpha", "stat/source_fraction", "stat/target_fraction"}}
+
+
+class FakeBackbone(nn.Module):
+    """The backbone interface in miniature: a frozen stem + BN, stride-8 levels a, b, final."""
+
+    level_names = ("a", "b", "final")
+    channels = {"a": 8, "b": 12, "final": 16}
+    strides = {"a": 8, "b": 8, "final": 8}
+    final_level = "final"
+    pcm_levels = ("a", "b")
+    input_mean = (0.485, 0.456, 0.406)
+    input_std = (0.229, 0.224, 0.225)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.down1 = nn.Conv2d(8, 8, 3, 2, 1)
+        self.down2 = nn.Conv2d(8, 8, 3, 2, 1)
+        self.mid = nn.Conv2d(8, 12, 3, 1, 1)
+        self.drop = nn.Dropout2d(0.3)
+        self.top = nn.Conv2d(12, 16, 3, 1, 1)
+        self.train()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = F.relu(self.down1(F.relu(self.bn(self.stem(x)))))
+        a = F.relu(self.down2(x))
+        b = F.relu(self.mid(a))
+        return {"a": a, "b": b, "final": F.relu(self.top(self.drop(b)))}
+
+    def train(self, mode: bool = True) -> "FakeBackbone":
+        super().train(mode)
+        for frozen in (self.stem, self.bn):
+            frozen.eval()
+            frozen.requires_grad_(False)
+        return self
+
+    def parameter_groups(self):
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        return ([p for n, p in params if not n.endswith("bias")],
+                [p for n, p in params if n.endswith("bias")])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(name=name, **kwargs), FakeBackbone(), NUM_CLASSES)
+    return model.train()
+
+
+def batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randn(2, 3, 32, 32, generator=gen)
+    image[1, :, 8:24, 8:24] += 2.0  # an "object" for the CAM to find
+    return {"image": image, "label": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])}
+
+
+def new_layer_params(model: nn.Module) -> list[nn.Parameter]:
+    groups = model.parameter_groups()
+    return groups[2]["params"] + groups[3]["params"]
+
+
+@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+@pytest.mark.parametrize("reference", [False, True])
+def test_forward_returns_finite_terms_and_backward_reaches_new_layers(name, reference):
+    model = make(name, reference=reference)
+    out = model(batch(), progress=0.5)
+    assert set(out) == {"loss"} | TERMS[name] | STATS.get(name, set())
+    for key, value in out.items():
+        assert value.dim() == 0 and torch.isfinite(value), key
+        assert value.requires_grad == (key == "loss"), key
+    total = sum(out[k] for k in TERMS[name])
+    assert out["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+    out["loss"].backward()
+    for p in new_layer_params(model):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert model.backbone.top.weight.grad.abs().sum() > 0
+    assert model.backbone.stem.weight.grad is None  # frozen
+
+
+def test_loss_weights_scale_the_terms():
+    weights = LossWeights(cls=0.5, rvmin=2.0, er=0.0, ecr=3.0, domain=0.25, cps_source=1.5,
+                          cps_target=0.0)
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(weights=weights), FakeBackbone(), NUM_CLASSES).train()
+    out = model(batch(), progress=0.2)
+    expected = sum(getattr(weights, k) * out[k] for k in TERMS["seam_plda"])
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out["stat/grl_alpha"].item() == pytest.approx(2 / (1 + torch.e ** -2) - 1, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+def test_sgd_steps_lower_the_loss(name):
+    model = make(name)
+    data = batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = 0.05 if name == "cam" else 0.02
+    losses = []
+    for _ in range(6):
+        torch.manual_seed(0)  # the same dropout masks every step: a fixed objective
+        loss = model(data, progress=0.0)["loss"]
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():  # plain SGD (torch.optim's first step costs seconds of imports)
+            for p, g in zip(params, grads):
+                p -= lr * g
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+def test_cams_shapes(name):
+    model = make(name).eval()
+    out = model.cams(batch()["image"])
+    raw_channels = NUM_CLASSES if name == "cam" else NUM_CLASSES + 1
+    assert out.cam.shape == (2, NUM_CLASSES, 4, 4)
+    assert out.raw.shape == (2, raw_channels, 4, 4)
+    assert not out.cam.requires_grad
+    if name == "cam":
+        torch.testing.assert_close(out.cam, out.raw)
+
+
+def test_seam_cams_are_the_revised_cam_and_chunking_does_not_change_them():
+    full = make("seam", seam=SEAMConfig(pcm_chunk_size=0)).eval()
+    image = batch()["image"]
+    reference = full.cams(image)
+    torch.testing.assert_close(full.cams(image, chunk_size=5).cam, reference.cam)
+    full.seam_cfg.pcm_chunk_size = 7
+    torch.testing.assert_close(full.cams(image).cam, reference.cam)
+    # The revised CAM differs from the raw one (PCM did propagate) and shares its shape.
+    assert not torch.allclose(reference.cam, reference.raw[:, 1:])
+
+
+@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+def test_parameter_groups_cover_every_trainable_parameter_once(name):
+    model = make(name)
+    groups = model.parameter_groups()
+    assert [g["name"] for g in groups] == ["backbone_weights", "backbone_biases", "new_weights",
+                                           "new_biases"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 2.0, 10.0, 20.0]
+    assert [g["weight_decay_mult"] for g in groups] == [1.0, 0.0, 1.0, 0.0]
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert len(ids) == len(set(ids)) and set(ids) == trainable
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert all(id(p) in backbone for g in groups[:2] for p in g["params"])
+    assert not any(id(p) in backbone for g in groups[2:] for p in g["params"])
+    assert all(p.dim() == 1 for p in groups[3]["params"])
+
+
+def test_domain_loss_gradient_is_reversed_into_the_backbone():
+    weights = LossWeights(cls=0, rvmin=0, er=0, ecr=0, domain=1, cps_source=0, cps_target=0)
+    grads = {}
+    for progress in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = build_method(MethodConfig(weights=weights), FakeBackbone(), NUM_CLASSES).eval()
+        model(batch(), progress=progress)["loss"].backward()
+        grads[progress] = model.backbone.top.weight.grad.clone()
+        assert model.domain.trunk[0].weight.grad.abs().sum() > 0
+    assert torch.all(grads[0.0] == 0)  # alpha(0) = 0 blocks the backbone gradient
+    assert grads[1.0].abs().sum() > 0
+
+
+def test_erased_pass_dropout_follows_the_reference_switch():
+    image = batch()["image"]
+    for reference in (False, True):
+        model = make("seam_plda", reference=reference)
+        runs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            runs.append(model._erased_pass(image).raw)
+        assert torch.equal(runs[0], runs[1]) != reference
+        assert all(m.training for m in model.modules() if isinstance(m, nn.Dropout2d))
+
+
+def test_dropout_disabled_restores_modes():
+    model = make("seam_plda")
+    model.domain.trunk[2].eval()  # an inactive dropout must stay inactive
+    with dropout_disabled(model):
+        assert not any(m.training for m in model.modules()
+                       if isinstance(m, nn.modules.dropout._DropoutNd))
+    assert model.classifier.dropout.training and model.backbone.drop.training
+    assert not model.domain.trunk[2].training
+
+
+def test_wrong_label_shape_is_a_data_error():
+    model = make("seam")
+    data = batch()
+    data["label"] = data["label"][:, :2]
+    with pytest.raises(DataError, match="num_classes=3"):
+        model(data)
+
+
+def test_reference_checkpoint_names_map_onto_the_model():
+    model = make("seam_plda")
+    gen = torch.Generator().manual_seed(5)
+    rand = lambda *shape: torch.randn(shape, generator=gen)  # noqa: E731
+    state = {f"module.{k}": rand(*v.shape).to(v.dtype)
+             for k, v in model.backbone.state_dict().items()}
+    state.update({
+        "module.fc8.weight": rand(4, 16, 1, 1),
+        "module.f8_3.weight": rand(64, 8, 1, 1),
+        "module.f8_4.weight": rand(128, 12, 1, 1),
+        "module.f9.weight": rand(192, 195, 1, 1),
+        "module.discriminator.d_conv1.weight": rand(1024, 16, 1, 1),
+        "module.discriminator.d_conv1.bias": rand(1024),
+        "module.discriminator.d_conv2.weight": rand(512, 1024, 1, 1),
+        "module.discriminator.d_conv2.bias": rand(512),
+    })
+    heads = [(rand(2, 512, 1, 1), rand(2)) for _ in range(NUM_CLASSES)]
+    for c, (w, b) in enumerate(heads):
+        state[f"module.head_list.{c}.weight"], state[f"module.head_list.{c}.bias"] = w, b
+    model.load_state_dict(convert_reference_state_dict(state), strict=True)
+    assert torch.equal(model.classifier.conv.weight, state["module.fc8.weight"])
+    assert torch.equal(model.pcm.embed.weight, state["module.f9.weight"])
+    for (w, b), sw, sb in zip(heads, *model.domain.to_separate_heads()):
+        assert torch.equal(w, sw) and torch.equal(b, sb)
+    assert isinstance(model, SEAMPLDAModel)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_cps_on_single_class_images_depends_on_the_reference_switch(reference):
+    model = make("seam_plda", reference=reference)
+    with torch.no_grad():
+        model.classifier.conv.weight.mul_(100)  # confident CAMs, so PAMR labels claim pixels
+    data = batch()
+    data["label"] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    out = model(data, progress=0.5)
+    # Reference: weights (N - N_k) / (N + 1) on a one-class pseudo label are all 0.
+    # Default: counts include the background of the full pseudo label, so the loss is positive.
+    assert (out["cps_source"].item() == 0.0) == reference
