@@ -1,0 +1,1 @@
+"""Stage-1 inference: multi-scale CAMs per image (:mod:`.cams`) and seed label maps (:mod:`.seeds`)."""
