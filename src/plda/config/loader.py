@@ -279,8 +279,20 @@ def load_config(cls: type[T], preset: str | Path | None = None,
     return from_dict(cls, data)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Sections in block style, lists of scalars inline (``scales: [0.5, 1.0]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (list, dict)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
 def dump_config(obj: Any) -> str:
-    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
+    return yaml.dump(to_dict(obj), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def save_config(obj: Any, path: str | Path) -> None:

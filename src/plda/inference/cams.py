@@ -180,7 +180,7 @@ def _input_stats(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
     """The normalisation the model's backbone expects (ImageNet statistics by default)."""
     from plda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    for holder in (model, getattr(model, "backbone", None)):
+    for holder in (getattr(model, "backbone", None), model):
         if holder is not None and hasattr(holder, "input_mean"):
             return holder.input_mean, holder.input_std
     return IMAGENET_MEAN, IMAGENET_STD

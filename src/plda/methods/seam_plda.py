@@ -44,9 +44,9 @@ class SEAMPLDAModel(SEAMModel):
         self.domain = DomainClassifier(backbone.channels[backbone.final_level], num_classes,
                                        cfg.plda.domain_hidden, cfg.plda.domain_dropout)
         self.pamr = PAMR(cfg.pamr.iterations, cfg.pamr.dilations)
-        self.register_buffer("input_mean", torch.tensor(backbone.input_mean).view(1, 3, 1, 1),
+        self.register_buffer("_pixel_mean", torch.tensor(backbone.input_mean).view(1, 3, 1, 1),
                              persistent=False)
-        self.register_buffer("input_std", torch.tensor(backbone.input_std).view(1, 3, 1, 1),
+        self.register_buffer("_pixel_std", torch.tensor(backbone.input_std).view(1, 3, 1, 1),
                              persistent=False)
 
     def _erased_pass(self, erased: Tensor) -> ViewOutput:
@@ -68,7 +68,7 @@ class SEAMPLDAModel(SEAMModel):
             # Both images' pseudo labels in one batched PAMR run.
             restricted, full = cps_targets(
                 torch.cat([view.raw, second.raw]),
-                torch.cat([image, erased]) * self.input_std + self.input_mean,
+                torch.cat([image, erased]) * self._pixel_std + self._pixel_mean,
                 label.repeat(2, 1), torch.cat([source, target]), self.pamr, self.cps_cfg)
             del second
         y_source, y_target = restricted.chunk(2)

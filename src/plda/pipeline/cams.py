@@ -1,0 +1,118 @@
+"""Multi-scale CAMs of a trained stage-1 model, the background-threshold sweep, and seeds."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from plda.config.schema import RunConfig
+from plda.pipeline.common import load_layout, load_stage1_model, run_dir, update_metrics
+from plda.utils.dist import is_main_process
+
+
+def sweep_thresholds(cfg: RunConfig) -> list[float]:
+    start, stop, step = cfg.cam.sweep
+    n = int(np.floor((stop - start) / step + 1e-9))
+    return [round(start + i * step, 6) for i in range(n)]
+
+
+def _cam_source(cfg: RunConfig, weights) -> dict:
+    """What the CAM files of a folder were made from: the weights file's digest and the
+    inference settings. Files made from anything else are stale."""
+    import hashlib
+
+    from plda.pipeline.common import STAGE1_WEIGHTS
+
+    path = Path(weights) if weights else run_dir(cfg) / STAGE1_WEIGHTS
+    digest = None
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    return {"weights": str(path), "sha256": digest, "scales": list(cfg.cam.scales),
+            "flip": cfg.cam.flip, "label_source": cfg.cam.label_source,
+            "score_threshold": cfg.cam.score_threshold}
+
+
+def _drop_stale_cams(folder: Path, source: dict) -> None:
+    """Empty ``folder`` if its CAMs came from other weights or settings (rank 0)."""
+    from plda.utils.io import atomic_write_json
+
+    marker = folder / "source.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == source:
+                return
+        except json.JSONDecodeError:
+            pass
+    for f in folder.glob("*.npz"):
+        f.unlink()
+    atomic_write_json(marker, source)
+
+
+def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:
+    """Write ``<run_dir>/cams/<split>/<id>.npz`` for each split (default ``data.eval_splits``);
+    resumable (complete files made from the same weights and settings are skipped, stale ones
+    removed) and sharded across torchrun ranks."""
+    from plda.engine.distributed import barrier, init_distributed
+    from plda.inference.cams import infer_cams
+
+    dist = dist if dist is not None else init_distributed()
+    layout = load_layout(cfg)
+    model = load_stage1_model(cfg, layout.num_classes, weights).to(dist.device)
+    source = _cam_source(cfg, weights) if is_main_process() else None
+    summary = {}
+    for split in splits or cfg.data.eval_splits:
+        t0 = time.perf_counter()
+        folder = run_dir(cfg) / "cams" / split
+        if is_main_process():
+            _drop_stale_cams(folder, source)
+        barrier()
+        res = infer_cams(model, layout, split, folder,
+                         scales=cfg.cam.scales, flip=cfg.cam.flip,
+                         label_source=cfg.cam.label_source,
+                         score_threshold=cfg.cam.score_threshold, amp=cfg.cam.amp,
+                         device=dist.device, rank=dist.rank, world_size=dist.world_size)
+        barrier()
+        res["wall_time_s"] = time.perf_counter() - t0
+        summary[split] = res
+    return summary
+
+
+def make_seeds(cfg: RunConfig, splits=None, *, workers: int | None = None) -> dict:
+    """Choose the background threshold (``cam.bg_threshold``, or the sweep's best on
+    ``cam.sweep_split``), evaluate the CAM seeds of every split at it in one pass over the
+    files, write ``<run_dir>/seeds/<split>/<id>.png`` and record it all in ``metrics.json``."""
+    from plda.evaluation.evaluate import evaluate_cams
+    from plda.inference.seeds import write_seeds
+
+    layout = load_layout(cfg, generate=False)
+    out = run_dir(cfg)
+    splits = list(splits or cfg.data.eval_splits)
+    gt_dir = layout.mask_dir
+    result: dict = {}
+    threshold = cfg.cam.bg_threshold
+    if threshold is None:
+        sweep = evaluate_cams(out / "cams" / cfg.cam.sweep_split, gt_dir,
+                              layout.ids(cfg.cam.sweep_split), layout.class_names,
+                              sweep_thresholds(cfg), num_workers=workers)
+        threshold = float(sweep["best_threshold"])
+        result["sweep"] = {"split": cfg.cam.sweep_split, "curve": sweep["sweep"],
+                           "best_threshold": threshold}
+    result["bg_threshold"] = threshold
+    for split in splits:
+        ids = layout.ids(split)
+        # Seeds depend on the threshold, which a new sweep may move: always rewrite them.
+        write_seeds(out / "cams" / split, out / "seeds" / split, ids, threshold,
+                    workers=workers, skip_existing=False)
+        if gt_dir is not None:
+            ev = evaluate_cams(out / "cams" / split, gt_dir, ids, layout.class_names,
+                               [threshold], num_workers=workers)
+            result[split] = {k: ev[k] for k in ("miou", "iou", "images") if k in ev}
+    update_metrics(cfg, "seeds", result)
+    return result

@@ -1,0 +1,138 @@
+"""Pieces shared by the pipeline steps: the run folder, the dataset, the stage-1 model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from plda.config.loader import save_config, to_dict
+from plda.config.schema import RunConfig
+from plda.errors import ConfigError, DataError
+from plda.utils.dist import is_main_process
+
+STAGE1_WEIGHTS = "stage1.safetensors"
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run_dir)
+
+
+def write_run_config(cfg: RunConfig) -> Path:
+    """Write the resolved config to ``<run_dir>/config.yaml`` (rank 0)."""
+    path = run_dir(cfg) / "config.yaml"
+    if is_main_process():
+        save_config(cfg, path)
+    return path
+
+
+def dataset_root(cfg: RunConfig, generate: bool = True) -> Path:
+    """The dataset folder. ``data.root == "synth"`` means the built-in synthetic dataset in
+    ``<run_dir>/data``, generated (rank 0) unless an identical one is already there."""
+    if cfg.data.root != "synth":
+        root = Path(cfg.data.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data.root {str(root)!r} is not a folder; expected a dataset in VOC "
+                            "layout (JPEGImages/, ImageSets/Segmentation/) or 'synth'")
+        return root
+    root = run_dir(cfg) / "data"
+    if generate and is_main_process() and not _synth_is_current(root, cfg):
+        from plda.data.synth import generate_synthetic
+
+        generate_synthetic(root, **asdict(cfg.data.synth))
+    if generate:
+        from plda.engine.distributed import barrier
+
+        barrier()
+    return root
+
+
+def _synth_is_current(root: Path, cfg: RunConfig) -> bool:
+    meta = root / "synth.json"
+    if not (meta.is_file() and (root / "ImageSets/Segmentation/val.txt").is_file()
+            and (root / "image_labels.json").is_file()):
+        return False
+    try:
+        saved = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all(saved.get(k) == v for k, v in asdict(cfg.data.synth).items())
+
+
+def load_layout(cfg: RunConfig, generate: bool = True):
+    from plda.data.layout import DatasetLayout
+
+    return DatasetLayout(dataset_root(cfg, generate=generate))
+
+
+def build_stage1_model(cfg: RunConfig, num_classes: int, pretrained: bool = True):
+    """Backbone + method head as configured; ``pretrained=False`` skips loading ImageNet
+    weights (used when a trained checkpoint is loaded right after)."""
+    from plda.methods import build_method
+    from plda.models.backbones import build_backbone
+
+    backbone = build_backbone(cfg.model.backbone,
+                              pretrained=cfg.model.pretrained if pretrained else None,
+                              output_stride=cfg.model.output_stride, frozen_bn=cfg.model.frozen_bn)
+    return build_method(cfg.method, backbone, num_classes)
+
+
+def load_stage1_model(cfg: RunConfig, num_classes: int, weights: str | Path | None = None):
+    """The trained stage-1 model of a run (``<run_dir>/stage1.safetensors``, else the latest
+    training checkpoint), or the weights file given; eval mode."""
+    from plda.weights.io import load_state_dict_file
+
+    model = build_stage1_model(cfg, num_classes, pretrained=False)
+    path = Path(weights) if weights else run_dir(cfg) / STAGE1_WEIGHTS
+    if path.is_file():
+        state = load_state_dict_file(path)
+    else:
+        from plda.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+        ckpt = latest_checkpoint(run_dir(cfg) / "checkpoints")
+        if ckpt is None:
+            raise ConfigError(f"no trained stage-1 model in {run_dir(cfg)}: expected "
+                              f"{STAGE1_WEIGHTS} or checkpoints/ (run 'plda train' first)")
+        state = load_checkpoint(ckpt)["model"]
+    state = _maybe_convert_reference(state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        from plda.errors import WeightsError
+
+        raise WeightsError(
+            f"{path}: weights do not fit the configured model ({cfg.model.backbone}, "
+            f"{cfg.method.name}, {num_classes} classes): missing {missing[:5]}"
+            f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'…' if len(unexpected) > 5 else ''}")
+    return model.eval()
+
+
+def _maybe_convert_reference(state: dict) -> dict:
+    """Accept the reference implementations' checkpoints (SEAM, usr922/plda key names)."""
+    if any(k.startswith(("backbone.", "head.", "classifier.")) for k in state):
+        return state
+    from plda.methods import convert_reference_state_dict
+
+    return convert_reference_state_dict(state)
+
+
+def update_metrics(cfg: RunConfig, section: str, values: dict) -> dict:
+    """Merge ``values`` under ``section`` of ``<run_dir>/metrics.json`` (rank 0, atomic)."""
+    from plda.utils.io import atomic_write_json
+
+    path = run_dir(cfg) / "metrics.json"
+    data = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}
+    data[section] = values
+    if is_main_process():
+        atomic_write_json(path, data)
+    return data
+
+
+__all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "dataset_root", "load_layout",
+           "load_stage1_model", "run_dir", "to_dict", "update_metrics", "write_run_config"]

@@ -1,0 +1,93 @@
+"""The pipeline on a tiny synthetic dataset: train -> cam -> seeds, re-run skips, stale CAMs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from plda.config import load_run_config
+from plda.vis.palette import load_label_png
+
+TINY = ["data.synth.n_train=8", "data.synth.n_val=4", "data.synth.size=64",
+        "data.synth.num_classes=3", "data.resize_long=[56,72]", "data.crop=64",
+        "model.pretrained=null", "model.output_stride=16", "train.epochs=1", "train.batch_size=4",
+        "train.log_every=1", "train.checkpoint_every=1", "train.vis_every=2",
+        "cam.scales=[1.0]", "cam.sweep=[0.1,0.5,0.1]"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cam", "seam_plda"])
+def test_pipeline_end_to_end_and_rerun_skips(tmp_path, method):
+    from plda.pipeline.run import format_metrics, run_pipeline
+
+    cfg = load_run_config(f"synth_{method}", [*TINY, f"run_dir={tmp_path / 'run'}"])
+    metrics = run_pipeline(cfg)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "stage1.safetensors").is_file()
+    assert load_run_config(run / "config.yaml") == cfg  # the resolved config round-trips
+    assert sorted(p.name for p in (run / "vis").glob("*.png")) == ["step_00000002.png"]
+    log = [json.loads(line) for line in (run / "logs/train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "step" in r and "loss" in r] == [1, 2]
+    for split, n in (("train", 8), ("val", 4)):
+        cams = sorted((run / "cams" / split).glob("*.npz"))
+        seeds = sorted((run / "seeds" / split).glob("*.png"))
+        assert len(cams) == n and len(seeds) == n
+        gt = load_label_png(run / "data/SegmentationClassAug" / f"{seeds[0].stem}.png")
+        seed = load_label_png(seeds[0])
+        assert seed.shape == gt.shape and set(np.unique(seed)) <= {0, 1, 2, 3}
+        assert 0.0 <= metrics["seeds"][split]["miou"] <= 100.0
+    assert metrics["seeds"]["bg_threshold"] in (0.1, 0.2, 0.3, 0.4)
+    assert [p["threshold"] for p in metrics["seeds"]["sweep"]["curve"]] == [0.1, 0.2, 0.3, 0.4]
+    assert "seed mIoU" in format_metrics(metrics)
+
+    # Re-run: training and CAMs are skipped (files untouched), results identical.
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")}
+    weights_stamp = (run / "stage1.safetensors").stat().st_mtime_ns
+    again = run_pipeline(cfg)
+    assert again["seeds"] == metrics["seeds"]
+    assert (run / "stage1.safetensors").stat().st_mtime_ns == weights_stamp
+    assert {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")} == stamps
+
+    # Changed CAM settings make the old CAM files stale: they are recomputed.
+    cfg2 = load_run_config(f"synth_{method}", [*TINY, f"run_dir={run}", "cam.flip=false"])
+    run_pipeline(cfg2, start="cam", until="cam")
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)
+
+
+def test_unknown_stage_is_a_config_error(tmp_path):
+    from plda.errors import ConfigError
+    from plda.pipeline.run import run_pipeline
+
+    cfg = load_run_config("synth_cam", [f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="unknown stage 'tarin'"):
+        run_pipeline(cfg, start="tarin")
+
+
+def test_missing_dataset_root_is_named(tmp_path):
+    from plda.errors import DataError
+    from plda.pipeline.common import dataset_root
+
+    cfg = load_run_config("synth_cam", [f"run_dir={tmp_path}", f"data.root={tmp_path / 'nope'}"])
+    with pytest.raises(DataError, match="nope.*not a folder"):
+        dataset_root(cfg)
+
+
+def test_cam_without_trained_model_says_what_to_do(tmp_path):
+    from plda.errors import ConfigError
+    from plda.pipeline.common import load_stage1_model
+
+    cfg = load_run_config("synth_cam", [f"run_dir={tmp_path}", "model.pretrained=null"])
+    with pytest.raises(ConfigError, match="plda train"):
+        load_stage1_model(cfg, 5)
