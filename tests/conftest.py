@@ -24,3 +24,15 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def voc_subset(shared_data: Path) -> Path:
     return shared_data / "voc12-subset"
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: small tensors gain nothing from two, and on a shared 2-core
+    machine OpenMP spinning makes them many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

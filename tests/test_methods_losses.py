@@ -28,13 +28,7 @@ from plda.methods.seam import (ecr_loss, ecr_target, er_loss, max_norm, pcm_revi
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids oversubscription on a shared 2-core CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(values) -> torch.Tensor:

@@ -62,12 +62,7 @@ class FakeBackbone(nn.Module):
                 [p for n, p in params if n.endswith("bias")])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, **kwargs) -> nn.Module:

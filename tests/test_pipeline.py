@@ -17,14 +17,7 @@ TINY = ["data.synth.n_train=8", "data.synth.n_val=4", "data.synth.size=64",
         "cam.scales=[1.0]", "cam.sweep=[0.1,0.5,0.1]"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
