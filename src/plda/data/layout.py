@@ -76,16 +76,18 @@ def write_id_list(path: str | os.PathLike, ids) -> None:
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Image ids from a list file, one per line; blank lines skipped, duplicates refused."""
+    """Image ids from a list file: the first word of each line (VOC ``ImageSets/Main`` lists
+    carry a second column); blank lines skipped, duplicates refused."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image list {path} not found")
     ids: list[str] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        image_id = raw.strip()
-        if not image_id:
+        words = raw.split()
+        if not words:
             continue
+        image_id = words[0]
         check_id(image_id, f"{path}:{lineno}")
         if image_id in seen:
             raise DataError(f"{path}:{lineno}: duplicate id {image_id!r} (first on line {seen[image_id]})")

@@ -37,13 +37,11 @@ _MIN_IMAGES_FOR_POOL = 32
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Image ids from a list file: the first word of each non-blank line (VOC ``ImageSets``)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read id list {path}: {exc}") from exc
-    ids = [check_id(line.split()[0], source=str(path)) for line in lines if line.strip()]
+    """Image ids of a list file (:func:`plda.data.layout.read_id_list`); an empty list is an
+    error here, since there would be nothing to score."""
+    from plda.data.layout import read_id_list as read_layout_list
+
+    ids = read_layout_list(path)
     if not ids:
         raise DataError(f"id list {path} is empty")
     return ids

@@ -29,12 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
-"""The 20 PASCAL VOC foreground classes in label order (index 1..20; 0 is background)."""
+from plda.data.layout import VOC_CLASSES  # noqa: F401  (re-exported; defined once, in the data layer)
 
 
 def _confusion_uint8(pred: np.ndarray, gt: np.ndarray, n: int, ignore_index: int) -> np.ndarray:
