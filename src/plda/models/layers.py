@@ -1,0 +1,188 @@
+"""Fast dilated depthwise convolutions on CPU, for the DeepLab-style dilated EfficientNet.
+
+PyTorch's CPU (oneDNN) kernels for dilated depthwise convolutions are slow in two places: the
+input gradient (5-20x an undilated one) and the forward pass once the padding exceeds
+``NATIVE_MAX_PADDING`` (5x5 kernel at dilation 4: 5-10x). ``dilated_depthwise_conv2d`` computes
+the same function with fast kernels only:
+
+* the input gradient of a stride-1 depthwise convolution is the same convolution of the output
+  gradient with the flipped kernel, so it runs as a forward pass;
+* forward passes with large padding run "space-to-batch" (``space_to_batch_conv2d``, as
+  TensorFlow's ``atrous_conv2d`` does): an undilated convolution over the d x d interleaved
+  sub-grids, whose padding oneDNN handles fast.
+
+The results equal ``F.conv2d`` to float rounding (tests/test_layers.py). The choices were timed
+on EfficientNet-Lite0's layers with torch 2.x on CPU (benchmarks/backbone_speed.py): routing
+all dilated layers, their weight gradients included, through space-to-batch was slower.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# PLDA_FAST_DILATED_DEPTHWISE=0 keeps plain F.conv2d (benchmarks/backbone_speed.py compares both).
+FAST_DILATED_DEPTHWISE = os.environ.get("PLDA_FAST_DILATED_DEPTHWISE", "1") != "0"
+# oneDNN's dilated depthwise forward is 5-10x slower beyond this padding (5x5 kernel, dilation 4).
+NATIVE_MAX_PADDING = 4
+
+Padding = tuple[int, int, int, int]  # F.pad order: left, right, top, bottom
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _axis_plan(size: int, before: int, after: int, d: int) -> tuple[int, int, int]:
+    """Split the padding of one axis into explicit zeros (before, after) and a symmetric padding
+    of the sub-grids: ``before`` is a multiple of d once the explicit part is added, so every
+    sub-grid starts with the same number of padded rows, and the padded length is a multiple of
+    d. Trailing extra zeros only add output rows that are cropped."""
+    explicit_before = before % d
+    sub = before // d
+    explicit_after = max(0, after - sub * d)
+    explicit_after += -(explicit_before + size + explicit_after) % d
+    return explicit_before, explicit_after, sub
+
+
+def _to_subgrids(x: Tensor, dh: int, dw: int) -> Tensor:
+    """(N, C, H, W) with H, W divisible by dh, dw -> (dh*dw*N, C, H/dh, W/dw), sub-grid (p, q)
+    holding pixels (p + i*dh, q + j*dw). Channels-last memory: the copy moves runs of C values
+    and oneDNN's depthwise kernels are fastest in that layout."""
+    n, c, h, w = x.shape
+    return (x.permute(0, 2, 3, 1).reshape(n, h // dh, dh, w // dw, dw, c)
+            .permute(2, 4, 0, 1, 3, 5).reshape(dh * dw * n, h // dh, w // dw, c)
+            .permute(0, 3, 1, 2))
+
+
+def _from_subgrids(y: Tensor, dh: int, dw: int, channels_last: bool) -> Tensor:
+    """Inverse of ``_to_subgrids``: interleave the sub-grids back into full images, stored
+    channels-last or contiguous. Keeping the caller's layout matters: a channels-last tensor
+    reaching PyTorch's NCHW-tuned layers downstream makes them several times slower."""
+    b, c, h, w = y.shape
+    n = b // (dh * dw)
+    if channels_last:
+        return (y.permute(0, 2, 3, 1).reshape(dh, dw, n, h, w, c).permute(2, 3, 0, 4, 1, 5)
+                .reshape(n, h * dh, w * dw, c).permute(0, 3, 1, 2))
+    return y.reshape(dh, dw, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, h * dh, w * dw)
+
+
+def _subgrid_plan(x: Tensor, weight: Tensor, dilation: tuple[int, int], padding: Padding):
+    """Explicit F.pad amounts, sub-grid conv padding and the exact output size."""
+    (dh, dw), (left, right, top, bottom) = dilation, padding
+    h, w = x.shape[-2:]
+    kh, kw = weight.shape[-2:]
+    out_h, out_w = h + top + bottom - (kh - 1) * dh, w + left + right - (kw - 1) * dw
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"input {tuple(x.shape)} padded by {tuple(padding)} is smaller than the "
+                         f"{kh}x{kw} kernel dilated by {dilation}")
+    pad_top, pad_bottom, sub_h = _axis_plan(h, top, bottom, dh)
+    pad_left, pad_right, sub_w = _axis_plan(w, left, right, dw)
+    return (pad_left, pad_right, pad_top, pad_bottom), (sub_h, sub_w), (out_h, out_w)
+
+
+def space_to_batch_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+                          dilation: int | Sequence[int], padding: Sequence[int] = (0, 0, 0, 0),
+                          groups: int = 1) -> Tensor:
+    """``F.conv2d(F.pad(x, padding), weight, bias, 1, 0, dilation, groups)`` computed as an
+    undilated convolution over the batch of the dh x dw interleaved sub-grids of the padded
+    input (stride 1 only; ``padding`` in F.pad order left, right, top, bottom).
+
+    Output pixel (i, j) only reads padded pixels congruent to it modulo the dilation, so each
+    sub-grid is an independent image on which the kernel taps, d apart on the full grid, are
+    adjacent. Differentiable through plain tensor ops."""
+    dh, dw = _pair(dilation)
+    explicit, sub_padding, (out_h, out_w) = _subgrid_plan(x, weight, (dh, dw), tuple(padding))
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if any(explicit):
+        x = F.pad(x, explicit)
+    y = F.conv2d(_to_subgrids(x, dh, dw), weight, bias, 1, sub_padding, 1, groups)
+    return _from_subgrids(y, dh, dw, channels_last)[:, :, :out_h, :out_w]
+
+
+def _conv_input_and_padding(x: Tensor, padding: Padding) -> tuple[Tensor, tuple[int, int]]:
+    """Symmetric padding is left to the convolution (no padded copy), asymmetric is explicit."""
+    left, right, top, bottom = padding
+    if left == right and top == bottom:
+        return x, (top, left)
+    return F.pad(x, padding), (0, 0)
+
+
+def _plain_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None,
+                     dilation: tuple[int, int], padding: Padding) -> Tensor:
+    conv_input, conv_padding = _conv_input_and_padding(x, padding)
+    return F.conv2d(conv_input, weight, bias, 1, conv_padding, dilation, x.shape[1])
+
+
+def _depthwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None,
+                       dilation: tuple[int, int], padding: Padding) -> Tensor:
+    """The dilated depthwise convolution by whichever of oneDNN's kernel and space-to-batch is
+    fast for this padding."""
+    if max(padding) > NATIVE_MAX_PADDING:
+        return space_to_batch_conv2d(x, weight, bias, dilation=dilation, padding=padding,
+                                     groups=x.shape[1])
+    return _plain_depthwise(x, weight, bias, dilation, padding)
+
+
+class _DilatedDepthwiseConv2d(torch.autograd.Function):
+    """Stride-1 dilated depthwise convolution with fast CPU kernels in both directions."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,
+                dilation: tuple[int, int], padding: Padding) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.dilation, ctx.padding, ctx.has_bias = dilation, padding, bias is not None
+        return _depthwise_forward(x, weight, bias, dilation, padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        dilation, (left, right, top, bottom) = ctx.dilation, ctx.padding
+        (dh, dw), (kh, kw) = dilation, weight.shape[-2:]
+        # An autocast forward leaves grad in its lower precision; compute in that dtype.
+        x, weight = x.to(grad.dtype), weight.to(grad.dtype)
+        grad_x = grad_w = grad_b = None
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                # dL/dx[i] = sum_t w[t] g[i + pad - t*d]: the correlation of g with the flipped
+                # kernel, padded by (k - 1) * d - pad on each side.
+                flipped_padding = ((kw - 1) * dw - left, (kw - 1) * dw - right,
+                                   (kh - 1) * dh - top, (kh - 1) * dh - bottom)
+                grad_x = _depthwise_forward(grad, weight.flip(-2, -1), None, dilation,
+                                            flipped_padding)
+            if ctx.needs_input_grad[1]:
+                conv_input, conv_padding = _conv_input_and_padding(x, ctx.padding)
+                grad_w = torch.nn.grad.conv2d_weight(conv_input, weight.shape, grad, 1,
+                                                     conv_padding, dilation, x.shape[1])
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+                             dilation: int | Sequence[int], padding: Sequence[int]) -> Tensor:
+    """``F.conv2d(F.pad(x, padding), weight, bias, 1, 0, dilation, groups=C)`` for a depthwise
+    ``weight`` of shape (C, 1, kh, kw), stride 1; ``padding`` in F.pad order (left, right, top,
+    bottom). On CPU with ``FAST_DILATED_DEPTHWISE`` it runs the fast kernels described in the
+    module docstring (first-order gradients only); elsewhere (cuDNN) it is plain F.conv2d."""
+    channels = x.shape[1]
+    if weight.shape[:2] != (channels, 1):
+        raise ValueError(f"depthwise weight must have shape ({channels}, 1, kh, kw) for "
+                         f"{channels} input channels, got {tuple(weight.shape)}")
+    dilation, padding = _pair(dilation), tuple(int(p) for p in padding)
+    if x.device.type == "cpu" and FAST_DILATED_DEPTHWISE:
+        return _DilatedDepthwiseConv2d.apply(x, weight, bias, dilation, padding)
+    return _plain_depthwise(x, weight, bias, dilation, padding)
+
+
+def use_fast_dilated_depthwise(x: Tensor, weight: Tensor, stride: Sequence[int],
+                               dilation: Sequence[int], groups: int) -> bool:
+    """Whether a convolution is a stride-1 dilated depthwise one on CPU, which
+    ``dilated_depthwise_conv2d`` speeds up; GPUs keep cuDNN's native dilated kernels."""
+    return (FAST_DILATED_DEPTHWISE and x.device.type == "cpu" and max(dilation) > 1
+            and tuple(stride) == (1, 1) and groups == x.shape[1] and weight.shape[1] == 1)

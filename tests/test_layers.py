@@ -1,0 +1,155 @@
+"""Fast dilated depthwise convolutions: space-to-batch and the flipped-kernel backward equal
+F.conv2d (forward and gradients) for odd/even sizes, symmetric and asymmetric padding; the
+EfficientNet uses them on CPU only and computes the same features and gradients with them."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plda.models import layers
+from plda.models.backbones import build_backbone
+from plda.models.backbones.efficientnet_lite import Conv2dSame, tf_same_padding
+from plda.models.layers import (
+    dilated_depthwise_conv2d,
+    space_to_batch_conv2d,
+    use_fast_dilated_depthwise,
+)
+
+SIZES = ((12, 12), (7, 9), (13, 10))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors are tiny: with several threads, OpenMP start-up dominates (and on a busy
+    machine, waiting for descheduled threads does)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _paddings(kernel: int, dilation: tuple[int, int], size: tuple[int, int]):
+    """TF "same" padding (symmetric for odd kernels) and a lopsided one, F.pad order."""
+    same = tf_same_padding(size, (kernel, kernel), (1, 1), dilation)
+    lopsided = (same[0] + 1, max(same[1] - 1, 0), max(same[2] - 2, 0), same[3] + 1)
+    return same, lopsided
+
+
+def _cases():
+    for kernel, dilation, size in itertools.product((3, 5), (2, 4), SIZES):
+        for padding in _paddings(kernel, (dilation, dilation), size):
+            yield kernel, (dilation, dilation), size, padding
+    # even kernel (asymmetric TF padding) and unequal dilations
+    yield 4, (2, 2), (9, 12), tf_same_padding((9, 12), (4, 4), (1, 1), (2, 2))
+    yield 3, (2, 3), (11, 8), tf_same_padding((11, 8), (3, 3), (1, 1), (2, 3))
+
+
+def _compare(fn, kernel, dilation, size, padding, dtype, groups=None, channels=6):
+    """Forward and input/weight/bias gradients of ``fn`` against F.conv2d on the padded input."""
+    g = torch.Generator().manual_seed(sum(size) * kernel)
+    groups = groups or channels
+    x = torch.randn(2, channels, *size, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(channels, channels // groups, kernel, kernel, generator=g, dtype=dtype,
+                         requires_grad=True)
+    bias = torch.randn(channels, generator=g, dtype=dtype, requires_grad=True)
+    expected = F.conv2d(F.pad(x, padding), weight, bias, 1, 0, dilation, groups)
+    grad_out = torch.randn(expected.shape, generator=g, dtype=dtype)
+    expected_grads = torch.autograd.grad(expected, (x, weight, bias), grad_out)
+    out = fn(x, weight, bias, dilation=dilation, padding=padding)
+    assert out.shape == expected.shape
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(out, expected, **tol)
+    for got, want in zip(torch.autograd.grad(out, (x, weight, bias), grad_out), expected_grads):
+        torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("kernel,dilation,size,padding", list(_cases()))
+def test_space_to_batch_equals_dilated_conv(kernel, dilation, size, padding):
+    def fn(x, weight, bias, **kw):
+        return space_to_batch_conv2d(x, weight, bias, groups=x.shape[1], **kw)
+
+    _compare(fn, kernel, dilation, size, padding, torch.float64)
+
+
+def test_space_to_batch_handles_dense_and_grouped_convs():
+    def fn(groups):
+        return lambda x, weight, bias, **kw: space_to_batch_conv2d(x, weight, bias,
+                                                                   groups=groups, **kw)
+
+    for groups in (1, 2):
+        _compare(fn(groups), 3, (2, 2), (10, 11), (2, 2, 2, 2), torch.float64, groups=groups,
+                 channels=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kernel,dilation,size,padding", list(_cases()))
+def test_dilated_depthwise_equals_dilated_conv(kernel, dilation, size, padding, dtype):
+    # paddings above NATIVE_MAX_PADDING (5x5 at dilation 4) take the space-to-batch route
+    _compare(dilated_depthwise_conv2d, kernel, dilation, size, padding, dtype)
+
+
+def test_dilated_depthwise_under_bf16_autocast():
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    weight = torch.randn(8, 1, 5, 5, requires_grad=True)
+    results = []
+    for fast in (True, False):
+        layers.FAST_DILATED_DEPTHWISE = fast
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = dilated_depthwise_conv2d(x, weight, dilation=4, padding=(8, 8, 8, 8))
+            grads = torch.autograd.grad(out.float().square().sum(), (x, weight))
+        finally:
+            layers.FAST_DILATED_DEPTHWISE = True
+        assert out.dtype == torch.bfloat16 and grads[0].dtype == torch.float32
+        results.append((out.float(), *grads))
+    for fast, plain in zip(*results):
+        torch.testing.assert_close(fast, plain, rtol=0.05, atol=0.05 * plain.abs().max().item())
+
+
+def test_dilated_depthwise_rejects_non_depthwise_weight():
+    with pytest.raises(ValueError, match=r"\(4, 1, kh, kw\)"):
+        dilated_depthwise_conv2d(torch.zeros(1, 4, 8, 8), torch.zeros(4, 2, 3, 3), dilation=2,
+                                 padding=(2, 2, 2, 2))
+
+
+def test_fast_path_only_for_stride1_dilated_depthwise_on_cpu():
+    conv = Conv2dSame(4, 4, 3, dilation=2, groups=4, bias=False)
+    x = torch.zeros(1, 4, 8, 8)
+    assert use_fast_dilated_depthwise(x, conv.weight, (1, 1), (2, 2), 4)
+    assert not use_fast_dilated_depthwise(x, conv.weight, (2, 2), (2, 2), 4)
+    assert not use_fast_dilated_depthwise(x, conv.weight, (1, 1), (1, 1), 4)
+    assert not use_fast_dilated_depthwise(x, torch.zeros(4, 4, 3, 3), (1, 1), (2, 2), 1)
+    # any other device (cuDNN's dilated kernels are fast) keeps plain F.conv2d
+    assert not use_fast_dilated_depthwise(x.to("meta"), conv.weight, (1, 1), (2, 2), 4)
+    out = conv(x.requires_grad_())
+    assert type(out.grad_fn).__name__ == "_DilatedDepthwiseConv2dBackward"
+
+
+def _levels_and_grads(net, image):
+    out = net(image)
+    sum(level.square().mean() for level in out.values()).backward()
+    grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad(set_to_none=True)
+    return {k: v.detach() for k, v in out.items()}, grads
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_efficientnet_same_features_and_gradients_with_fast_path(output_stride):
+    torch.manual_seed(0)
+    net = build_backbone("efficientnet_lite0", output_stride=output_stride).train()
+    image = torch.randn(2, 3, 72, 56)  # 9x7 at stride 8: odd sizes reach the dilated stages
+    try:
+        layers.FAST_DILATED_DEPTHWISE = False
+        plain = _levels_and_grads(net, image)
+    finally:
+        layers.FAST_DILATED_DEPTHWISE = True
+    fast = _levels_and_grads(net, image)
+    assert list(fast[1]) == list(plain[1]) and len(fast[1]) == 46  # conv weights; BN is frozen
+    for got, want in zip(fast, plain):
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4,
+                                       atol=1e-4 * want[name].abs().max().item(), msg=name)
