@@ -35,13 +35,12 @@ from torch import Tensor, nn
 from plda.errors import ConfigError, PldaError
 from plda.methods.seam import max_norm
 from plda.utils.dist import get_rank, get_world_size
-from plda.utils.io import check_id, safe_join
+from plda.utils.io import check_id, clean_stale_temporaries, safe_join
 from plda.utils.progress import progress_bar
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 AMP_MODES = ("none", "bf16", "fp16")
 LABEL_SOURCES = ("gt", "predicted")
-_TMP_PREFIX = ".tmp-"  # plda.utils.io.atomic_write's temporary-file prefix
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -201,16 +200,7 @@ def clean_temporaries(folder: Path, names: Sequence[str]) -> int:
     """Remove ``atomic_write`` temporaries of the files ``names`` in ``folder``; return how many.
 
     Only these names, so a rank never deletes another rank's file in the making."""
-    wanted = set(names)
-    removed = 0
-    if not folder.is_dir():
-        return 0
-    for p in folder.iterdir():
-        if p.name.startswith(_TMP_PREFIX) and p.name[len(_TMP_PREFIX):].rsplit(".", 1)[0] in wanted:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed += 1
-    return removed
+    return clean_stale_temporaries(folder, names)
 
 
 def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_dir: str | os.PathLike,

@@ -76,13 +76,20 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def clean_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Remove temporary files left by a killed writer in ``folder``; return how many."""
+def clean_stale_temporaries(folder: str | os.PathLike, names=None) -> int:
+    """Remove temporary files left by a killed writer in ``folder``; return how many.
+
+    With ``names``, only the temporaries of those target file names are removed, so one rank
+    never deletes a file another rank is writing.
+    """
     n = 0
     folder = Path(folder)
     if not folder.is_dir():
         return 0
+    wanted = None if names is None else set(names)
     for p in folder.glob(_TMP_PREFIX + "*"):
+        if wanted is not None and p.name[len(_TMP_PREFIX):].rsplit(".", 1)[0] not in wanted:
+            continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             n += 1
