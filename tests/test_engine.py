@@ -130,6 +130,81 @@ def test_reference_optimizer_reproduces_positional_sgd_quirk():
         assert torch.equal(a, b)
 
 
+def test_sgd_in_backward_equals_step_after_backward_for_a_shared_parameter():
+    """A weight used by two branches (as the backbone by SEAM's two views) is updated once,
+    with the sum of both gradients, the moment that sum is complete; the gradient is freed."""
+    torch.manual_seed(0)
+    w0, b0 = torch.randn(4, 3), torch.randn(4)
+    x1, x2 = torch.randn(5, 3), torch.randn(2, 3)
+    results = []
+    for in_backward in (False, True):
+        w, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())
+        opt = build_optimizer([{"params": [w], "lr_mult": 1, "weight_decay_mult": 1, "name": "w"},
+                               {"params": [b], "lr_mult": 2, "weight_decay_mult": 0, "name": "b"}],
+                              TrainConfig(iterations=3, lr=0.1))
+        if in_backward:
+            opt.attach_to_backward()
+        for _ in range(3):
+            loss = (x1 @ w.t() + b).square().mean() + (x2 @ w.t()).sin().sum()
+            loss.backward()
+            if in_backward:
+                assert w.grad is None and b.grad is None  # stepped and freed during backward
+            else:
+                opt.step()
+                opt.zero_grad()
+        results.append((w.detach(), b.detach(), opt.state_dict()))
+    (wa, ba, sa), (wb, bb, sb) = results
+    assert torch.equal(wa, wb) and torch.equal(ba, bb)
+    for k in sa["state"]:
+        assert torch.equal(sa["state"][k]["momentum_buffer"], sb["state"][k]["momentum_buffer"])
+
+
+def test_sgd_matches_torch_sgd_and_loads_its_state_dict():
+    torch.manual_seed(0)
+    ours, ref = ToyNet(dropout=0.0), ToyNet(dropout=0.0)
+    ref.load_state_dict(ours.state_dict())
+    cfg = TrainConfig(iterations=4, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt = build_optimizer(ours.parameter_groups(), cfg)
+    ref_opt = torch.optim.SGD([{"params": g["params"], "lr": og["lr"], "momentum": 0.9,
+                                "weight_decay": og["weight_decay"]}
+                               for g, og in zip(ref.parameter_groups(), opt.param_groups)])
+    batch = {"image": torch.randn(4, 3, 8, 8), "label": torch.ones(4, 4)}
+    for _ in range(3):
+        for model, optimizer in ((ours, opt), (ref, ref_opt)):
+            optimizer.zero_grad()
+            with single_thread():
+                model(batch, 0.0)["loss"].backward()
+            optimizer.step()
+    for a, b in zip(ours.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    fresh = build_optimizer(ToyNet(dropout=0.0).parameter_groups(), cfg)
+    fresh.load_state_dict(ref_opt.state_dict())  # torch's layout loads as is
+    for a, b in zip(fresh.state_dict()["state"].values(), opt.state_dict()["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    bad = opt.state_dict()
+    bad["param_groups"] = bad["param_groups"][:2]
+    with pytest.raises(ValueError, match="2 parameter groups; this model has 4"):
+        fresh.load_state_dict(bad)
+
+
+def test_step_in_backward_applies_only_where_it_is_the_same_update():
+    cfg = TrainConfig(iterations=1)
+    assert cfg.steps_in_backward(world_size=1)
+    assert not cfg.steps_in_backward(world_size=2)  # DDP reduces gradients after backward
+    assert not TrainConfig(iterations=1, grad_accum_steps=2, batch_size=8).steps_in_backward(1)
+    assert not TrainConfig(iterations=1, amp="fp16").steps_in_backward(1)  # loss scaling
+    assert not TrainConfig(iterations=1, max_grad_norm=1.0).steps_in_backward(1)
+    assert not TrainConfig(iterations=1, step_in_backward=False).steps_in_backward(1)
+
+
+def test_trainer_step_in_backward_gives_the_same_weights(tmp_path):
+    run_toy(tmp_path / "after", step_in_backward=False)
+    run_toy(tmp_path / "inside", step_in_backward=True)
+    after, inside = _weights(tmp_path / "after"), _weights(tmp_path / "inside")
+    for k in after:
+        assert torch.equal(after[k], inside[k]), k
+
+
 # ---------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip_weights_only_with_rng_states(tmp_path):
     model = ToyNet()

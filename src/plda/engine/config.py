@@ -54,6 +54,11 @@ class TrainConfig:
     max_grad_norm: float | None = None
     sync_batchnorm: bool = False
     find_unused_parameters: bool = False
+    # Update each parameter inside the backward pass and free its gradient at once (same math,
+    # ~one model's worth of gradient memory less). Applies when one backward pass makes one
+    # update: a single process, grad_accum_steps 1, no fp16 loss scaling, no max_grad_norm;
+    # otherwise the usual step after backward runs.
+    step_in_backward: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,6 +91,11 @@ class TrainConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError(f"train.max_grad_norm: expected a number > 0 or null, "
                               f"got {self.max_grad_norm!r}")
+
+    def steps_in_backward(self, world_size: int) -> bool:
+        """Whether the trainer runs the optimizer inside backward (see ``step_in_backward``)."""
+        return (self.step_in_backward and world_size == 1 and self.grad_accum_steps == 1
+                and self.amp != "fp16" and self.max_grad_norm is None)
 
     def effective_momentum(self) -> float:
         """The SGD momentum actually used (see the module docstring for the reference quirk)."""

@@ -195,6 +195,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameter_groups(), cfg)
         self.scheduler = PolyLR(self.optimizer, self.total_steps, cfg.poly_power)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
+        self._in_backward = cfg.steps_in_backward(world)
         self._amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         if self.dist.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -237,11 +238,20 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _loop(self, step: int, wall_before: float, last_ckpt: Path | None,
               logger: TrainLogger) -> TrainResult:
+        self.train_model.train()
+        if self._in_backward:
+            self.optimizer.attach_to_backward()
+        try:
+            return self._run_steps(step, wall_before, last_ckpt, logger)
+        finally:
+            self.optimizer.detach_from_backward()
+
+    def _run_steps(self, step: int, wall_before: float, last_ckpt: Path | None,
+                   logger: TrainLogger) -> TrainResult:
         cfg, total, spe = self.cfg, self.total_steps, self.steps_per_epoch
         t_start = t_window = time.perf_counter()
         window: dict[str, float] = {}
         window_steps, record, interrupted = 0, {}, False
-        self.train_model.train()
         while step < total and not interrupted:
             epoch, in_epoch = divmod(step, spe)
             self.sampler.set_epoch(epoch, in_epoch)
@@ -304,7 +314,10 @@ class Trainer:
                     out = self.train_model(batch, step / self.total_steps)
                 vec = self._terms(out, step)
                 loss = out["loss"].float() / accum
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                # Stepping inside backward: a non-finite loss must not reach the weights (the
+                # loop then stops with the last good checkpoint intact).
+                if not (self._in_backward and not torch.isfinite(vec[0])):
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             summed = vec if summed is None else summed + vec
         flag = torch.tensor([float(self._stop_requested)], device=self.device)
         host = all_reduce_sum(torch.cat([summed, flag])).tolist()
@@ -336,7 +349,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
+        elif not self._in_backward:  # otherwise every parameter was updated during backward
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
