@@ -148,13 +148,20 @@ class SEAMModel(StageOneModel):
                                           cfg.seam.pcm_embed_gain)
 
     def run_view(self, image: Tensor, chunk_size: int | None = None) -> ViewOutput:
-        levels = self.backbone(image)
-        features = levels[self.backbone.final_level]
-        raw = self.classifier(features)
+        return self.run_views([image], chunk_size)[0]
+
+    def run_views(self, images: list[Tensor], chunk_size: int | None = None) -> list[ViewOutput]:
+        """Backbone, classifier and PCM of each image batch; the backbone runs the views in
+        lockstep (:meth:`Backbone.forward_views`), which bounds the backward pass's memory."""
         level_a, level_b = self.backbone.pcm_levels
         chunk = self.seam_cfg.pcm_chunk_size if chunk_size is None else chunk_size
-        cam_rv = self.pcm(raw, image, levels[level_a], levels[level_b], chunk)
-        return ViewOutput(features=features, raw=raw, cam_rv=cam_rv)
+        views = []
+        for image, levels in zip(images, self.backbone.forward_views(images)):
+            features = levels[self.backbone.final_level]
+            raw = self.classifier(features)
+            cam_rv = self.pcm(raw, image, levels[level_a], levels[level_b], chunk)
+            views.append(ViewOutput(features=features, raw=raw, cam_rv=cam_rv))
+        return views
 
     def second_view(self, image: Tensor) -> Tensor:
         return F.interpolate(image, scale_factor=self.seam_cfg.view_scale, mode="bilinear",
@@ -188,8 +195,9 @@ class SEAMModel(StageOneModel):
     def forward(self, batch: dict[str, Tensor], progress: float = 0.0) -> dict[str, Tensor]:
         image, label = self._inputs(batch)
         small = self.second_view(image)
-        views = (self.run_view(image), self.run_view(small))
-        return self._total(self.seam_losses(views, (image.shape[-2:], small.shape[-2:]), label))
+        views = self.run_views([image, small])
+        return self._total(self.seam_losses((views[0], views[1]),
+                                            (image.shape[-2:], small.shape[-2:]), label))
 
     @torch.no_grad()
     def cams(self, image: Tensor, chunk_size: int | None = None) -> CamOutput:

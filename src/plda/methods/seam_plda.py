@@ -89,11 +89,9 @@ class SEAMPLDAModel(SEAMModel):
         image, label = self._inputs(batch)
         alpha = grl_alpha(progress, self.plda_cfg.grl_gamma)
         small = self.second_view(image)
-        views, extra, stats = [], [], []
-        for img in (image, small):
-            view = self.run_view(img)
+        views, extra, stats = self.run_views([image, small]), [], []
+        for img, view in zip((image, small), views):
             terms, view_stats = self.plda_losses(img, view, label, alpha)
-            views.append(view)
             extra.append(terms)
             stats.append(view_stats)
         losses = self.seam_losses((views[0], views[1]), (image.shape[-2:], small.shape[-2:]),

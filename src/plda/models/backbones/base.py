@@ -57,6 +57,17 @@ class Backbone(nn.Module, abc.ABC):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Return every level in ``level_names`` for an image batch ``x`` (N, 3, H, W)."""
 
+    def forward_views(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """:meth:`forward` of several batches (sizes may differ), one result per batch.
+
+        Backbones whose layers form a chain override this to run the batches layer by layer in
+        lockstep: the backward pass then reaches each layer's weights from every view in turn,
+        so a layer's gradient is complete (and, with the in-backward optimizer step, freed)
+        before the next layer's is computed, instead of one view's gradients for the whole
+        network waiting for the other view's backward pass.
+        """
+        return [self(x) for x in images]
+
     def _setup_freezing(self, frozen_layers: Sequence[str] | None) -> None:
         names = self.default_frozen_layers if frozen_layers is None else tuple(frozen_layers)
         modules = dict(self.named_modules())

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from plda.errors import ConfigError
 from plda.models.backbones.base import Backbone
+from plda.models.joint_conv import joint_conv2d
 
 
 class ResBlock(nn.Module):
@@ -46,6 +47,15 @@ class ResBlock(nn.Module):
         branch2 = self.conv_branch2b1(F.relu(self.bn_branch2b1(branch2)))
         return shortcut + branch2, x_bn_relu
 
+    def forward_views(self, xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """:meth:`forward` of each view, every convolution one GEMM over all views."""
+        pre = [F.relu(self.bn_branch2a(x)) for x in xs]
+        shortcut = xs if self.same_shape else joint_conv2d(self.conv_branch1, pre)
+        branch2 = joint_conv2d(self.conv_branch2a, pre)
+        branch2 = joint_conv2d(self.conv_branch2b1,
+                               [F.relu(self.bn_branch2b1(b)) for b in branch2])
+        return [(s + b, p) for s, b, p in zip(shortcut, branch2, pre)]
+
 
 class ResBlockBottleneck(nn.Module):
     """Pre-activation bottleneck (1x1 -> dilated 3x3 -> 1x1, widths out/4, out/2, out) with
@@ -72,6 +82,17 @@ class ResBlockBottleneck(nn.Module):
         branch2 = self.conv_branch2b1(self.dropout_2b1(F.relu(self.bn_branch2b1(branch2))))
         branch2 = self.conv_branch2b2(self.dropout_2b2(F.relu(self.bn_branch2b2(branch2))))
         return self.conv_branch1(x_bn_relu) + branch2, x_bn_relu
+
+    def forward_views(self, xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """:meth:`forward` of each view, every convolution one GEMM over all views."""
+        pre = [F.relu(self.bn_branch2a(x)) for x in xs]
+        branch2 = joint_conv2d(self.conv_branch2a, pre)
+        branch2 = joint_conv2d(self.conv_branch2b1, [
+            self.dropout_2b1(F.relu(self.bn_branch2b1(b))) for b in branch2])
+        branch2 = joint_conv2d(self.conv_branch2b2, [
+            self.dropout_2b2(F.relu(self.bn_branch2b2(b))) for b in branch2])
+        shortcut = joint_conv2d(self.conv_branch1, pre)
+        return [(s + b, p) for s, b, p in zip(shortcut, branch2, pre)]
 
 
 class ResNet38(Backbone):
@@ -113,18 +134,27 @@ class ResNet38(Backbone):
         self.bn7 = nn.BatchNorm2d(4096)
         self._setup_freezing(frozen_layers)
 
+    # The block chain after conv1a; a named level is the block's normalised input (its
+    # ``x_bn_relu``), as SEAM's ``forward_as_dict``: conv3 = b4's, conv4 = b5's, conv5 = b6's.
+    _chain = (("b2", None), ("b2_1", None), ("b2_2", None), ("b3", None), ("b3_1", None),
+              ("b3_2", None), ("b4", "conv3"), ("b4_1", None), ("b4_2", None), ("b4_3", None),
+              ("b4_4", None), ("b4_5", None), ("b5", "conv4"), ("b5_1", None), ("b5_2", None),
+              ("b6", "conv5"), ("b7", None))
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.conv1a(x)
-        for block in (self.b2, self.b2_1, self.b2_2, self.b3, self.b3_1, self.b3_2):
-            x = block(x)[0]
-        x, conv3 = self.b4(x)
-        for block in (self.b4_1, self.b4_2, self.b4_3, self.b4_4, self.b4_5):
-            x = block(x)[0]
-        x, conv4 = self.b5(x)
-        x = self.b5_2(self.b5_1(x)[0])[0]
-        x, conv5 = self.b6(x)
-        conv6 = F.relu(self.bn7(self.b7(x)[0]))
-        return {"conv3": conv3, "conv4": conv4, "conv5": conv5, "conv6": conv6}
+        return self.forward_views([x])[0]
+
+    def forward_views(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        xs = [self.conv1a(x) for x in images]
+        levels: list[dict[str, Tensor]] = [{} for _ in xs]
+        for name, level in self._chain:
+            for i, (x, normalised) in enumerate(getattr(self, name).forward_views(xs)):
+                xs[i] = x
+                if level is not None:
+                    levels[i][level] = normalised
+        for i, x in enumerate(xs):
+            levels[i]["conv6"] = F.relu(self.bn7(x))
+        return levels
 
     def convert_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return convert_mxnet_names(state)
