@@ -26,6 +26,9 @@ import time
 def worker(args) -> dict:
     import torch
 
+    # What the process holds before any model exists (the torch build's own footprint).
+    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
     from plda.engine.config import TrainConfig
     from plda.engine.optim import PolyLR, build_optimizer
     from plda.methods import build_method
@@ -38,8 +41,12 @@ def worker(args) -> dict:
     model = build_method(MethodConfig(name=args.method), backbone, args.classes)
     model.train()
     total = args.warmup + args.steps
-    cfg = TrainConfig(iterations=total, batch_size=args.batch)
+    cfg = TrainConfig(iterations=total, batch_size=args.batch, amp=args.amp,
+                      step_in_backward=args.step_in_backward == "on")
     opt = build_optimizer(model.parameter_groups(), cfg)
+    in_backward = cfg.steps_in_backward(world_size=1)
+    if in_backward:  # as the trainer does: update each parameter inside backward
+        opt.attach_to_backward()
     sched = PolyLR(opt, total, cfg.poly_power)
     g = torch.Generator().manual_seed(0)
     image = torch.randn(args.batch, 3, args.crop, args.crop, generator=g)
@@ -52,17 +59,19 @@ def worker(args) -> dict:
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
             losses = model(batch, progress=step / total)
-        opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        opt.step()
+        if not in_backward:
+            opt.step()
         sched.step()
+        opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         if not torch.isfinite(losses["loss"]):
             raise SystemExit(f"non-finite loss at step {step}: {float(losses['loss'])}")
     measured = times[args.warmup:]
     return {
         "backbone": args.backbone, "method": args.method, "batch": args.batch, "crop": args.crop,
-        "amp": args.amp, "threads": args.threads,
+        "amp": args.amp, "threads": args.threads, "step_in_backward": in_backward,
+        "import_torch_mb": baseline_mb,
         "seconds_per_step": statistics.median(measured),
         "seconds_min": min(measured),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -78,6 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=20)
     p.add_argument("--output-stride", type=int, default=8)
     p.add_argument("--amp", default="none", help="comma list of none,bf16,fp16")
+    p.add_argument("--step-in-backward", default="on",
+                   help="comma list of on,off: the trainer's default (on) updates each parameter "
+                        "inside backward; off steps after backward as torch.optim does")
     p.add_argument("--steps", type=int, default=3, help="measured steps (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -88,21 +100,26 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args)))
         return 0
     rows = []
-    for amp in args.amp.split(","):
-        cmd = [sys.executable, __file__, "--worker", "--amp", amp]
+    variants = [(amp, sib) for amp in args.amp.split(",")
+                for sib in args.step_in_backward.split(",")]
+    for amp, sib in variants:
+        cmd = [sys.executable, __file__, "--worker", "--amp", amp, "--step-in-backward", sib]
         for k in ("backbone", "method", "batch", "crop", "classes", "steps", "warmup", "threads"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         cmd += ["--output-stride", str(args.output_stride)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.stderr.write(out.stderr)
-            raise SystemExit(f"benchmark variant amp={amp} failed (exit {out.returncode})")
+            raise SystemExit(f"benchmark variant amp={amp} step-in-backward={sib} failed "
+                             f"(exit {out.returncode})")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{'backbone':12s} {'method':10s} {'batch':>5s} {'crop':>5s} {'amp':>5s} "
-          f"{'s/step (median)':>16s} {'s/step (min)':>13s} {'peak RSS MB':>12s}")
+          f"{'step in bwd':>11s} {'s/step (median)':>16s} {'s/step (min)':>13s} "
+          f"{'peak RSS MB':>12s} {'of which torch':>15s}")
     for r in rows:
         print(f"{r['backbone']:12s} {r['method']:10s} {r['batch']:5d} {r['crop']:5d} {r['amp']:>5s} "
-              f"{r['seconds_per_step']:16.2f} {r['seconds_min']:13.2f} {r['peak_memory_mb']:12.0f}")
+              f"{'yes' if r['step_in_backward'] else 'no':>11s} {r['seconds_per_step']:16.2f} "
+              f"{r['seconds_min']:13.2f} {r['peak_memory_mb']:12.0f} {r['import_torch_mb']:15.0f}")
     print("reference (usr922/plda, resnet38 seam_plda, batch 2, crop 128, fp32, this CPU): "
           "8.0 s/step, 1680 MB peak RSS")
     if args.json:
