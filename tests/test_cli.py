@@ -60,6 +60,21 @@ def test_presets_all_validate():
         load_run_config(name)
 
 
+def test_method_comparison_presets_differ_only_in_method():
+    """The benchmark's promise: same data, backbone, budget, crop and seed for every method."""
+    from dataclasses import asdict
+
+    from plda.config import load_run_config
+
+    for family in ("voc12subset_{}_effnetlite0", "synth_{}"):
+        configs = {m: asdict(load_run_config(family.format(m))) for m in
+                   ("cam", "seam", "seam_plda")}
+        for cfg in configs.values():
+            for key in ("name", "description", "run_dir", "method"):
+                cfg.pop(key)
+        assert configs["cam"] == configs["seam"] == configs["seam_plda"], family
+
+
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "plda", "--version"], capture_output=True,
                          text=True, check=True)

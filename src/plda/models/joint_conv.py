@@ -30,16 +30,6 @@ JOINT_CONV = os.environ.get("PLDA_JOINT_CONV", "1") != "0"
 JOINT_CONV_MAX_PIXELS = 16 * 16
 
 
-def _columns(x: Tensor, conv: "ConvGeometry") -> Tensor:
-    """(C*k*k, N*L) im2col columns of x (N, C, H, W), images side by side."""
-    n, c = x.shape[:2]
-    if conv.pointwise:
-        return x.transpose(0, 1).reshape(c, -1)
-    cols = F.unfold(x, conv.kernel, dilation=conv.dilation, padding=conv.padding,
-                    stride=conv.stride)                      # (N, C*k*k, L)
-    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
-
-
 class ConvGeometry:
     def __init__(self, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int],
                  dilation: tuple[int, int]) -> None:
@@ -52,6 +42,16 @@ class ConvGeometry:
             self.dilation
         return ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
                 (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _columns(x: Tensor, conv: ConvGeometry) -> Tensor:
+    """(C*k*k, N*L) im2col columns of x (N, C, H, W), images side by side."""
+    c = x.shape[1]
+    if conv.pointwise:
+        return x.transpose(0, 1).reshape(c, -1)
+    cols = F.unfold(x, conv.kernel, dilation=conv.dilation, padding=conv.padding,
+                    stride=conv.stride)                      # (N, C*k*k, L)
+    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
 
 
 class _JointConv2d(torch.autograd.Function):
