@@ -99,3 +99,26 @@ def map_in_workers(fn: Callable[[T], R], items: Iterable[T], workers: int, *, de
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def crf_from_labels(image: np.ndarray, labels: np.ndarray, num_labels: int, *,
+                    gt_prob: float = 0.7, iterations: int = 10, bilateral_sxy: float = 50,
+                    bilateral_srgb: float = 5, **crf_kwargs) -> np.ndarray:
+    """IRN's ``crf_inference_label``: a dense CRF whose unary trusts a hard label map with
+    probability ``gt_prob`` (the rest spread evenly over the other labels, pydensecrf's
+    ``unary_from_labels`` without unsure pixels), bilateral kernel sxy 50, srgb 5; returns the
+    ``(H, W)`` argmax label index."""
+    labels = np.asarray(labels)
+    if labels.shape != np.asarray(image).shape[:2]:
+        raise ValueError(f"labels {labels.shape} and image {np.asarray(image).shape} differ in size")
+    if num_labels < 1 or labels.min() < 0 or labels.max() >= num_labels:
+        raise ValueError(f"labels must lie in [0, {num_labels}), got [{labels.min()}, "
+                         f"{labels.max()}]")
+    if num_labels == 1:
+        return np.zeros(labels.shape, dtype=np.int64)
+    other = (1.0 - gt_prob) / (num_labels - 1)
+    probs = np.full((num_labels, *labels.shape), other, dtype=np.float32)
+    np.put_along_axis(probs, labels[None].astype(np.int64), gt_prob, axis=0)
+    q = dense_crf(image, probs, iterations=iterations, bilateral_sxy=bilateral_sxy,
+                  bilateral_srgb=bilateral_srgb, **crf_kwargs)
+    return q.argmax(0)

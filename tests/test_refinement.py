@@ -1,0 +1,142 @@
+"""Refinement building blocks (IRN / AffinityNet): the pair set, pair labels from a seed map,
+boundary -> affinity, the affinity loss, the transition matrix and the random walk (equal to a
+dense matrix power), and IRN's relation labels from a hand-made CAM."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from plda.refinement.affinity import (affinity_loss, boundary_to_affinity, displacements,
+                                      pair_labels, random_walk, transition_matrix, valid_pairs)
+from plda.refinement.relations import relation_labels
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+def test_displacements_are_irn_half_disc():
+    assert displacements(2) == [(0, 1), (1, -1), (1, 0), (1, 1)]
+    d5 = displacements(5)
+    assert len(d5) == 34 and len(set(d5)) == 34
+    # each unordered neighbour pair once: no displacement is the negative of another
+    assert not {(-dy, -dx) for dy, dx in d5} & set(d5)
+    full = {(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+            if 0 < dy * dy + dx * dx < 25}
+    assert set(d5) | {(-dy, -dx) for dy, dx in d5} == full
+    with pytest.raises(ValueError, match="radius"):
+        displacements(1)
+
+
+def test_pair_labels_by_hand():
+    label = torch.tensor([[0, 0, 3],
+                          [0, 255, 3]])
+    disps = [(0, 1), (1, 0)]
+    lab = pair_labels(label, disps)
+    # (0,1): pairs (r, c)->(r, c+1); (1,0): (0, c)->(1, c)
+    assert lab["bg_pos"][0].tolist() == [[True, False, False], [False, False, False]]
+    assert lab["neg"][0].tolist() == [[False, True, False], [False, False, False]]
+    assert lab["bg_pos"][1].tolist() == [[True, False, False], [False, False, False]]
+    assert lab["fg_pos"][1].tolist() == [[False, False, True], [False, False, False]]
+    assert not lab["neg"][1].any()  # (0,1) -> (1,1) touches an ignored pixel
+    total = sum(v.sum() for v in lab.values())
+    assert total == 4  # every other pair is ignored or leaves the grid
+
+
+def test_boundary_to_affinity_blocks_pairs_across_a_wall():
+    boundary = torch.zeros(5, 6)
+    boundary[:, 3] = 1.0  # a vertical wall in column 3
+    disps = [(0, 1), (0, 2), (1, 1), (2, -2)]
+    aff = boundary_to_affinity(boundary, disps)
+    valid = valid_pairs((5, 6), disps)
+    assert aff.shape == (4, 5, 6)
+    for k, (dy, dx) in enumerate(disps):
+        for y in range(5):
+            for x in range(6):
+                if not valid[k, y, x]:
+                    assert aff[k, y, x] == 0
+                    continue
+                crosses = min(x, x + dx) <= 3 <= max(x, x + dx)
+                assert aff[k, y, x] == (0.0 if crosses else 1.0), (dy, dx, y, x)
+    soft = boundary_to_affinity(torch.full((3, 3), 0.25), [(1, 1)])
+    assert torch.allclose(soft[0, :2, :2], torch.full((2, 2), 0.75))
+
+
+def test_affinity_loss_by_hand():
+    aff = torch.tensor([[[0.9, 0.2]]])
+    labels = {"bg_pos": torch.tensor([[[True, False]]]), "fg_pos": torch.tensor([[[False, False]]]),
+              "neg": torch.tensor([[[False, True]]])}
+    out = affinity_loss(aff, labels)
+    eps = 1e-5
+    bg = -math.log(0.9 + eps) / (1 + eps)
+    neg = -math.log(1 + eps - 0.2) / (1 + eps)
+    assert out["bg_pos"].item() == pytest.approx(bg, rel=1e-6)
+    assert out["fg_pos"].item() == 0.0  # no positive foreground pairs: 0, not NaN
+    assert out["neg"].item() == pytest.approx(neg, rel=1e-6)
+    assert out["total"].item() == pytest.approx((bg / 2 + neg) / 2, rel=1e-6)
+
+
+def test_random_walk_equals_dense_matrix_power():
+    torch.manual_seed(0)
+    h, w = 5, 7
+    disps = displacements(3)
+    aff = boundary_to_affinity(torch.rand(h, w, dtype=torch.float64), disps)
+    dense = transition_matrix(aff, disps, beta=10.0).to_dense()
+    assert torch.allclose(dense.sum(0), torch.ones(h * w, dtype=torch.float64))
+    assert torch.equal(dense > 0, (dense > 0).t())  # the pair graph is symmetric
+    cams = torch.rand(3, h, w, dtype=torch.float64)
+    for exp_times in (0, 1, 3):
+        expected = cams.reshape(3, -1) @ torch.linalg.matrix_power(dense, 2 ** exp_times)
+        out = random_walk(cams, aff, disps, beta=10.0, exp_times=exp_times)
+        torch.testing.assert_close(out, expected.reshape(3, h, w), rtol=1e-10, atol=1e-12)
+
+
+def test_transition_matrix_entries_by_hand():
+    aff = torch.tensor([[[0.5, 0.0]]], dtype=torch.float64)   # 1 x 2 grid, pair (0,0)->(0,1)
+    t = transition_matrix(aff, [(0, 1)], beta=2.0).to_dense()
+    a = 0.25  # 0.5 ** 2
+    expected = torch.tensor([[1.0, a], [a, 1.0]], dtype=torch.float64) / (1.0 + a)
+    torch.testing.assert_close(t, expected)
+    with pytest.raises(ValueError, match="2 affinity planes for 1 displacements"):
+        transition_matrix(torch.zeros(2, 1, 2), [(0, 1)], beta=1.0)
+
+
+def test_relation_labels_from_a_hand_made_cam():
+    cam = np.zeros((1, 9, 9), np.float32)
+    cam[0, 2:7, 2:7] = 0.1   # weak: above the background threshold 0.05, below 0.30
+    cam[0, 3:6, 3:6] = 0.8   # confident foreground
+    out = relation_labels(cam, [7], None)
+    expected = np.zeros((9, 9), np.uint8)
+    expected[2:7, 2:7] = 255
+    expected[3:6, 3:6] = 7
+    np.testing.assert_array_equal(out, expected)
+    two = np.stack([cam[0], np.roll(cam[0], 3, axis=1) * 0.5])
+    labels = relation_labels(two, [7, 12], None, fg_threshold=0.3, bg_threshold=0.05)
+    assert set(np.unique(labels)) == {0, 7, 12, 255}
+    with pytest.raises(ValueError, match="one plane per class"):
+        relation_labels(cam, [7, 8], None)
+    with pytest.raises(ValueError, match="bg_threshold < fg_threshold"):
+        relation_labels(cam, [7], None, fg_threshold=0.05, bg_threshold=0.3)
+
+
+def test_relation_labels_with_crf_follow_the_image():
+    """The label CRF snaps both confident maps to the object's edges: a bright 20x20 square,
+    CAM core 18x18 inside it and a weak CAM halo beyond it -> exactly the square is the class,
+    everything else confident background."""
+    pytest.importorskip("pydensecrf.densecrf")
+    n = 40
+    cam = np.zeros((1, n, n), np.float32)
+    cam[0, 8:32, 8:32] = 0.1
+    cam[0, 11:29, 11:29] = 0.9
+    image = np.full((n, n, 3), 30, np.uint8)
+    image[10:30, 10:30] = 220
+    a = relation_labels(cam, [5], image)
+    np.testing.assert_array_equal(a, relation_labels(cam, [5], image))  # deterministic
+    expected = np.zeros((n, n), np.uint8)
+    expected[10:30, 10:30] = 5
+    np.testing.assert_array_equal(a, expected)
