@@ -140,3 +140,36 @@ def test_relation_labels_with_crf_follow_the_image():
     expected = np.zeros((n, n), np.uint8)
     expected[10:30, 10:30] = 5
     np.testing.assert_array_equal(a, expected)
+
+
+def test_pair_paths_are_irn_line_neighbourhoods():
+    from plda.refinement.affinity import _segment
+
+    # points of the bounding box less than one pixel from the line (IRN's dist_sq < 1)
+    assert sorted(_segment((1, 2))) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert sorted(_segment((0, 3))) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert sorted(_segment((2, -2))) == [(0, -1), (0, 0), (1, -2), (1, -1), (1, 0), (2, -2),
+                                         (2, -1)]
+
+
+def test_propagation_stays_inside_a_closed_boundary():
+    """The walk averages each pixel over its affinity-weighted neighbours (IRN's x T with T
+    normalised over columns): CAM spreads freely inside a region, not across a boundary ring,
+    and a constant map stays constant."""
+    from plda.refinement.affinity import propagate_cams
+
+    h = w = 14
+    boundary = torch.zeros(h, w, dtype=torch.float64)
+    boundary[2, 2:11] = boundary[10, 2:11] = 1.0
+    boundary[2:11, 2] = boundary[2:11, 10] = 1.0
+    cams = torch.zeros(1, h, w, dtype=torch.float64)
+    cams[0, 5, 5] = 1.0  # one confident pixel inside the ring
+    out = propagate_cams(cams, boundary, radius=5, beta=10.0, exp_times=6)[0]
+    inside = out[3:10, 3:10]
+    outside = torch.ones(h, w, dtype=torch.bool)
+    outside[2:11, 2:11] = False
+    assert inside.min().item() > 0  # spread over the whole inside
+    assert out[outside].max().item() < 1e-6 * inside.max().item()
+    flat = propagate_cams(torch.ones(1, h, w, dtype=torch.float64),
+                          torch.zeros(h, w, dtype=torch.float64), radius=3, exp_times=4)
+    torch.testing.assert_close(flat, torch.ones_like(flat))

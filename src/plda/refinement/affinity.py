@@ -63,16 +63,19 @@ def pair_labels(label: Tensor, disps: Sequence[Displacement], ignore_index: int 
 
 
 def _segment(d: Displacement) -> list[Displacement]:
-    """The grid points of the straight segment from (0, 0) to ``d``, both ends included."""
+    """IRN's path of a pair: the grid points of the bounding box of (0, 0) and ``d`` that lie
+    less than one pixel from the straight line through them (both ends included)."""
     dy, dx = d
-    n = max(abs(dy), abs(dx))
-    return [(math.floor(k * dy / n + 0.5), math.floor(k * dx / n + 0.5)) for k in range(n + 1)]
+    length_sq = dy * dy + dx * dx
+    return [(y, x) for y in range(min(0, dy), max(0, dy) + 1)
+            for x in range(min(0, dx), max(0, dx) + 1)
+            if (dy * x - dx * y) ** 2 / length_sq < 1]
 
 
 def boundary_to_affinity(boundary: Tensor, disps: Sequence[Displacement]) -> Tensor:
     """IRN's inter-pixel affinity: ``1 - max`` of the boundary map ``(..., h, w)`` (values in
-    [0, 1]) over the segment between the two pixels of each pair -> ``(..., D, h, w)``.
-    Pairs leaving the grid get affinity 0."""
+    [0, 1]) over the path between the two pixels of each pair (:func:`_segment`) ->
+    ``(..., D, h, w)``. Outside the grid the boundary counts as 1, so pairs leaving it get 0."""
     out = []
     for d in disps:
         path = torch.stack([_shift(boundary, oy, ox, 1.0) for oy, ox in _segment(d)]).amax(0)
@@ -135,3 +138,13 @@ def random_walk(cams: Tensor, affinity: Tensor, disps: Sequence[Displacement], *
     for _ in range(2 ** exp_times):
         x = t_transposed @ x                                       # (x T)^T = T^T x^T
     return x.t().reshape(k, h, w)
+
+
+def propagate_cams(cams: Tensor, boundary: Tensor, *, radius: int = 5, beta: float = 10.0,
+                   exp_times: int = 8) -> Tensor:
+    """IRN's ``propagate_to_edge``: CAMs ``(K, h, w)`` on the boundary grid, damped by
+    ``1 - boundary`` ``(h, w)``, walked ``2^exp_times`` steps over the affinities of pairs
+    within ``radius``."""
+    disps = displacements(radius)
+    affinity = boundary_to_affinity(boundary, disps)
+    return random_walk(cams * (1 - boundary), affinity, disps, beta=beta, exp_times=exp_times)
