@@ -173,3 +173,73 @@ def test_propagation_stays_inside_a_closed_boundary():
     flat = propagate_cams(torch.ones(1, h, w, dtype=torch.float64),
                           torch.zeros(h, w, dtype=torch.float64), radius=3, exp_times=4)
     torch.testing.assert_close(flat, torch.ones_like(flat))
+
+
+# ---------------------------------------------------------------- IRN boundary branch
+def _irn(width: int = 8):
+    from plda.models.backbones import build_backbone
+    from plda.refinement.irn import BoundaryNet, IRNModel
+
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", pretrained=None, output_stride=16)
+    return IRNModel(BoundaryNet(backbone, width=width, groups=2), radius=4)
+
+
+def test_irn_boundary_head_trains_on_relation_labels_and_backbone_stays_frozen():
+    from plda.engine.config import TrainConfig
+    from plda.engine.optim import build_optimizer
+
+    model = _irn()
+    frozen = {k: v.clone() for k, v in model.net.backbone.state_dict().items()}
+    image = torch.randn(2, 3, 64, 64)
+    image[:, :, 16:48, 16:48] += 2.0  # an object
+    mask = torch.zeros(2, 64, 64, dtype=torch.long)
+    mask[:, 16:48, 16:48] = 3
+    mask[:, 12:16, 12:52] = 255      # unsure band
+    opt = build_optimizer(model.parameter_groups(), TrainConfig(iterations=30, lr=0.1,
+                                                                 momentum=0.9))
+    model.train()
+    losses = []
+    for _ in range(30):
+        out = model({"image": image, "mask": mask})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert {"bg_pos", "fg_pos", "neg", "stat/pos_pairs"} <= set(out)
+    for k, v in model.net.backbone.state_dict().items():
+        assert torch.equal(v, frozen[k]), k  # frozen weights and BN statistics
+    assert not any(p.requires_grad for p in model.net.backbone.parameters())
+
+
+def test_boundary_map_averages_the_flip():
+    from plda.refinement.irn import boundary_map
+
+    model = _irn()
+    image = torch.randn(3, 48, 40)
+    b = boundary_map(model.net, image)
+    assert b.shape == (12, 10) and float(b.min()) >= 0 and float(b.max()) <= 1
+    # the mirror image's boundary is the mirror of this one
+    torch.testing.assert_close(boundary_map(model.net, image.flip(-1)), b.flip(-1),
+                               rtol=1e-4, atol=1e-5)
+    assert model.training  # restored
+
+
+def test_irn_pseudo_mask_fills_the_region_a_boundary_encloses():
+    from plda.refinement.irn import irn_pseudo_mask
+
+    grid = 12
+    boundary = torch.zeros(grid, grid, dtype=torch.float64)
+    boundary[2, 2:10] = boundary[9, 2:10] = 1.0
+    boundary[2:10, 2] = boundary[2:10, 9] = 1.0
+    cams = torch.zeros(1, 48, 48)
+    cams[0, 20:24, 20:24] = 1.0     # a small confident part of the object
+    mask = irn_pseudo_mask(cams, [7], boundary, radius=5, exp_times=6, bg_threshold=0.25)
+    assert mask.shape == (48, 48) and mask.dtype == torch.uint8
+    inside = mask[16:32, 16:32]     # the enclosed cells 3..8 of the grid, at 4 px per cell
+    assert (inside == 7).float().mean() > 0.9
+    assert (mask[:6] == 0).all() and (mask[42:] == 0).all()
+    empty = irn_pseudo_mask(torch.zeros(0, 48, 48), [], boundary)
+    assert empty.shape == (48, 48) and not empty.any()
