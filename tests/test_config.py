@@ -135,3 +135,16 @@ def test_deep_merge_and_apply_overrides_do_not_mutate():
 def test_from_dict_rejects_non_mapping_root():
     with pytest.raises(ConfigError):
         from_dict(Schema, [1, 2])
+
+
+def test_partial_section_keeps_its_fields_own_defaults():
+    """refine.irn.train defaults to IRN's schedule (lr 0.1, batch 32), not TrainConfig's: an
+    override of one key must not reset the others to the class defaults."""
+    from plda.config import load_run_config
+
+    cfg = load_run_config("synth_cam", ["refine.irn.train.epochs=1", "refine.irn.crop=96"])
+    irn = cfg.refine.irn
+    assert (irn.train.epochs, irn.train.lr, irn.train.batch_size) == (1, 0.1, 32)
+    assert irn.train.reference_optimizer and irn.crop == 96 and irn.fg_threshold == 0.30
+    with pytest.raises(ConfigError, match="bg_threshold < fg_threshold"):
+        load_run_config("synth_cam", ["refine.irn.bg_threshold=0.5"])

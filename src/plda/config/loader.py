@@ -249,6 +249,13 @@ def from_dict(cls: type[T], data: Mapping, prefix: str = "") -> T:
             where = f"section '{prefix}'" if prefix else "the top level"
             raise ConfigError(f"unknown config key '{full}'{hint}; valid keys in {where}: "
                               f"{', '.join(valid)}")
+        factory = fields[key].default_factory
+        if isinstance(value, Mapping) and factory not in (dataclasses.MISSING, hints[key]):
+            # A section given in part keeps the other values of its field's default (which may
+            # differ from the section class's own defaults, e.g. refine.irn.train).
+            default = factory()
+            if dataclasses.is_dataclass(default):
+                value = deep_merge(to_dict(default), value)
         kwargs[key] = _convert(value, hints[key], full)
     try:
         obj = cls(**kwargs)

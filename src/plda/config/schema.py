@@ -84,6 +84,56 @@ class CamConfig:
                               "with 0 <= start < stop <= 1 and step > 0")
 
 
+def _irn_train() -> TrainConfig:
+    # IRN's train_irn: 3 epochs, batch 32, lr 0.1, weight decay 1e-4, its PolyOptimizer (the
+    # same positional-argument slip as SEAM's: momentum = weight decay).
+    return TrainConfig(epochs=3, batch_size=32, lr=0.1, weight_decay=1e-4,
+                       reference_optimizer=True, checkpoint_every=500, log_every=20)
+
+
+@dataclass
+class IRNConfig:
+    """IRN's semantic refinement (jiwoon-ahn/irn defaults; ``plda-method.md``)."""
+
+    # Relation labels: confident foreground / background CAM thresholds, label CRF on/off.
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    crf: bool = True
+    # Boundary head width; pair radius for training (on the stride-4 grid) and for the walk.
+    width: int = 32
+    train_radius: int = 10
+    radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8
+    # Background score of the walked, max-normalised CAMs (IRN's sem_seg_bg_thres).
+    sem_seg_bg_threshold: float = 0.25
+    # Training crops: random rescale (IRN: long side 320-640 of ~500 px images), flip, crop.
+    scale: tuple[float, float] = (0.64, 1.28)
+    crop: int = 512
+    flip: bool = True
+    train: TrainConfig = field(default_factory=_irn_train)
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(self.scale)
+        if not 0 <= self.bg_threshold < self.fg_threshold <= 1:
+            raise ConfigError(f"refine.irn: expected 0 <= bg_threshold < fg_threshold <= 1, got "
+                              f"{self.bg_threshold}, {self.fg_threshold}")
+        if self.radius < 2 or self.train_radius < 2:
+            raise ConfigError(f"refine.irn: radius and train_radius must be >= 2, got "
+                              f"{self.radius}, {self.train_radius}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"refine.irn.scale={list(self.scale)!r}: expected [low, high] "
+                              "with 0 < low <= high")
+
+
+@dataclass
+class RefineConfig:
+    """Seeds -> pseudo masks (``plda refine``)."""
+
+    method: Literal["irn"] = "irn"
+    irn: IRNConfig = field(default_factory=IRNConfig)
+
+
 @dataclass
 class RunConfig:
     """Everything one run of the pipeline needs; written resolved to ``<run_dir>/config.yaml``."""
@@ -96,3 +146,4 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cam: CamConfig = field(default_factory=CamConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
