@@ -84,3 +84,41 @@ def test_cam_without_trained_model_says_what_to_do(tmp_path):
     cfg = load_run_config("synth_cam", [f"run_dir={tmp_path}", "model.pretrained=null"])
     with pytest.raises(ConfigError, match="plda train"):
         load_stage1_model(cfg, 5)
+
+
+@pytest.mark.slow
+def test_refine_irn_end_to_end_resumes_and_scores(tmp_path):
+    """train -> cam -> seeds -> refine irn on the tiny synthetic set: relation labels, a
+    trained boundary net, one pseudo mask per image (labels within the image's classes),
+    pseudo-mask mIoU in metrics.json; re-running keeps every finished file."""
+    from plda.pipeline.refine import BOUNDARY_WEIGHTS, refine
+    from plda.pipeline.run import run_pipeline
+
+    run = tmp_path / "run"
+    cfg = load_run_config("synth_cam", [*TINY, f"run_dir={run}", "refine.irn.crop=64",
+                                        "refine.irn.width=8", "refine.irn.train.batch_size=4",
+                                        "refine.irn.train.log_every=1",
+                                        "refine.irn.train.num_workers=0",
+                                        "refine.irn.train_radius=4", "refine.irn.exp_times=4"])
+    run_pipeline(cfg)
+    summary = refine(cfg, workers=1)
+    relations = sorted((run / "irn" / "relations").glob("*.png"))
+    assert len(relations) == 8
+    assert set(np.unique(load_label_png(relations[0]))) <= {0, 1, 2, 3, 255}
+    assert (run / "irn" / BOUNDARY_WEIGHTS).is_file()
+    assert summary["train"]["steps"] == 6  # 8 images, batch 4, IRN's 3 epochs
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split, n in (("train", 8), ("val", 4)):
+        masks = sorted((run / "pseudo" / split).glob("*.png"))
+        assert len(masks) == n
+        gt = load_label_png(run / "data/SegmentationClassAug" / f"{masks[0].stem}.png")
+        mask = load_label_png(masks[0])
+        assert mask.shape == gt.shape and set(np.unique(mask)) <= {0, 1, 2, 3}
+        assert 0.0 <= metrics["pseudo"][split]["miou"] <= 100.0
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("pseudo/*/*.png")}
+    (run / "pseudo" / "val" / masks[0].name).unlink()  # as if killed before this file
+    again = refine(cfg, workers=1)
+    assert "train" not in again  # the boundary net is not retrained
+    assert again["pseudo"]["val"]["written"] == 1 and again["pseudo"]["train"]["written"] == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.exists()
+               and p.name != masks[0].name)

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "plda.cli.run",
     "plda.cli.train",
     "plda.cli.cam",
+    "plda.cli.refine",
     "plda.cli.eval",
     "plda.cli.weights",
     "plda.cli.convert_weights",

@@ -1,0 +1,211 @@
+"""``plda refine irn``: seeds -> pseudo masks with IRN's boundary branch.
+
+1. relation labels for the training split from its CAM files (confident fg / bg, label CRF):
+   ``<run_dir>/irn/relations/<id>.png``;
+2. the boundary head trained on them with the shared trainer (frozen backbone from the
+   stage-1 run): ``<run_dir>/irn/`` (checkpoints, logs), weights ``irn/boundary.safetensors``;
+3. for every evaluation split, the CAMs walked over the boundary's affinities:
+   ``<run_dir>/pseudo/<split>/<id>.png``, scored against the ground truth in ``metrics.json``
+   (section ``pseudo``).
+
+Every step resumes: finished files are kept, training continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from plda.config.schema import RunConfig
+from plda.errors import DataError
+from plda.pipeline.common import load_layout, run_dir, update_metrics
+from plda.utils.dist import is_main_process
+from plda.utils.io import safe_join
+
+BOUNDARY_WEIGHTS = "boundary.safetensors"
+
+
+def irn_dir(cfg: RunConfig) -> Path:
+    return run_dir(cfg) / "irn"
+
+
+def _relation_task(task: tuple) -> None:
+    from plda.data.camfile import load_cams
+    from plda.data.layout import load_rgb
+    from plda.refinement.relations import relation_labels
+    from plda.vis.palette import save_label_png
+
+    cam_path, image_path, out_path, fg, bg, crf = task
+    cam_file = load_cams(cam_path)
+    image = np.asarray(load_rgb(image_path), dtype=np.uint8) if crf else None
+    if image is not None and image.shape[:2] != tuple(cam_file.image_size):
+        raise DataError(f"{cam_path}: CAM size {tuple(cam_file.image_size)} differs from image "
+                        f"{image_path} {image.shape[:2]}")
+    save_label_png(out_path, relation_labels(cam_file.cams, list(cam_file.keys), image,
+                                             fg_threshold=fg, bg_threshold=bg))
+
+
+def make_relation_labels(cfg: RunConfig, *, workers: int | None = None) -> dict:
+    """Relation-label PNGs of the training split from its CAM files (skips finished ones)."""
+    import os
+
+    from plda.inference.cams import clean_temporaries
+    from plda.refinement.crf import map_in_workers, require_pydensecrf
+
+    irn = cfg.refine.irn
+    if irn.crf:
+        require_pydensecrf()
+    layout = load_layout(cfg, generate=False)
+    split = cfg.data.train_split
+    ids = layout.ids(split)
+    cam_dir = run_dir(cfg) / "cams" / split
+    out = irn_dir(cfg) / "relations"
+    out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out, [f"{i}.png" for i in ids])
+    tasks = []
+    for image_id in ids:
+        target = safe_join(out, f"{image_id}.png")
+        if target.is_file():
+            continue
+        cam_path = safe_join(cam_dir, f"{image_id}.npz")
+        if not cam_path.is_file():
+            raise DataError(f"CAM file {cam_path} not found: run 'plda cam' for split "
+                            f"{split!r} first")
+        tasks.append((str(cam_path), str(layout.image_path(image_id)), str(target),
+                      irn.fg_threshold, irn.bg_threshold, irn.crf))
+    start = time.perf_counter()
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    map_in_workers(_relation_task, tasks, workers, desc="relation labels")
+    return {"written": len(tasks), "skipped": len(ids) - len(tasks),
+            "seconds": time.perf_counter() - start}
+
+
+def build_boundary_net(cfg: RunConfig, num_classes: int):
+    """The boundary net on the stage-1 run's trained backbone (frozen)."""
+    from plda.pipeline.common import load_stage1_model
+    from plda.refinement.irn import BoundaryNet
+
+    stage1 = load_stage1_model(cfg, num_classes)
+    return BoundaryNet(stage1.backbone, width=cfg.refine.irn.width)
+
+
+def train_boundary(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
+    """Train the boundary head on the relation labels; write ``irn/boundary.safetensors``."""
+    from plda.data.datasets import SegmentationDataset
+    from plda.data.transforms import SegTransform
+    from plda.engine.distributed import init_distributed
+    from plda.engine.trainer import Trainer
+    from plda.pipeline.common import to_dict
+    from plda.refinement.irn import IRNModel
+    from plda.weights.io import save_state_dict_file
+
+    dist = dist if dist is not None else init_distributed()
+    irn = cfg.refine.irn
+    layout = load_layout(cfg, generate=False)
+    net = build_boundary_net(cfg, layout.num_classes)
+    model = IRNModel(net, radius=irn.train_radius)
+    transform = SegTransform(crop=irn.crop, scale=tuple(irn.scale), flip=irn.flip,
+                             mean=tuple(net.input_mean), std=tuple(net.input_std))
+    dataset = SegmentationDataset(layout, cfg.data.train_split, transform,
+                                  mask_dir=irn_dir(cfg) / "relations", seed=irn.train.seed)
+    trainer = Trainer(model, dataset, irn.train, irn_dir(cfg), dist=dist,
+                      config_dict=to_dict(cfg))
+    result = trainer.fit(resume=resume)
+    summary = {"steps": result.step, "total_steps": result.total_steps,
+               "interrupted": result.interrupted, "wall_time_s": result.wall_time_s,
+               "final": {k: v for k, v in (result.metrics or {}).items()
+                         if isinstance(v, (int, float))}}
+    if not result.interrupted and is_main_process():
+        save_state_dict_file(irn_dir(cfg) / BOUNDARY_WEIGHTS,
+                             {k: v.detach().cpu() for k, v in net.state_dict().items()})
+    return summary
+
+
+def load_boundary_net(cfg: RunConfig, num_classes: int):
+    from plda.weights.io import load_state_dict_file
+
+    net = build_boundary_net(cfg, num_classes)
+    path = irn_dir(cfg) / BOUNDARY_WEIGHTS
+    if not path.is_file():
+        raise DataError(f"no trained boundary net at {path}: run 'plda refine irn' first")
+    net.load_state_dict(load_state_dict_file(path), strict=True)
+    return net.eval()
+
+
+def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
+    """Pseudo masks of each split (default ``data.eval_splits``), sharded across ranks;
+    existing files are kept. Scores them when the dataset has masks (rank 0)."""
+    import torch
+
+    from plda.data.camfile import load_cams
+    from plda.data.transforms import EvalTransform
+    from plda.engine.distributed import barrier, init_distributed
+    from plda.evaluation.evaluate import evaluate_labels
+    from plda.inference.cams import clean_temporaries
+    from plda.refinement.irn import boundary_map, irn_pseudo_mask
+    from plda.utils.progress import progress
+    from plda.vis.palette import save_label_png
+
+    dist = dist if dist is not None else init_distributed()
+    irn = cfg.refine.irn
+    layout = load_layout(cfg, generate=False)
+    net = load_boundary_net(cfg, layout.num_classes).to(dist.device)
+    transform = EvalTransform(tuple(net.input_mean), tuple(net.input_std))
+    result: dict = {}
+    for split in splits or cfg.data.eval_splits:
+        ids = layout.ids(split)[dist.rank::dist.world_size]
+        out = run_dir(cfg) / "pseudo" / split
+        out.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(out, [f"{i}.png" for i in ids])
+        start, written = time.perf_counter(), 0
+        for image_id in progress(ids, desc=f"pseudo masks {split}", unit="img"):
+            target = safe_join(out, f"{image_id}.png")
+            if target.is_file():
+                continue
+            cam_path = safe_join(run_dir(cfg) / "cams" / split, f"{image_id}.npz")
+            if not cam_path.is_file():
+                raise DataError(f"CAM file {cam_path} not found: run 'plda cam' first")
+            cam_file = load_cams(cam_path)
+            image = transform(layout.load_image(image_id))
+            boundary = boundary_map(net, image.to(dist.device)).double().cpu()
+            mask = irn_pseudo_mask(torch.from_numpy(np.asarray(cam_file.cams, np.float32)),
+                                   list(cam_file.keys), boundary, radius=irn.radius,
+                                   beta=irn.beta, exp_times=irn.exp_times,
+                                   bg_threshold=irn.sem_seg_bg_threshold)
+            save_label_png(target, mask.numpy())
+            written += 1
+        barrier()
+        seconds = time.perf_counter() - start
+        entry = {"written": written, "seconds": seconds,
+                 "seconds_per_image": seconds / written if written else 0.0}
+        if is_main_process() and layout.mask_dir is not None:
+            ev = evaluate_labels(out, layout.mask_dir, layout.ids(split), layout.class_names)
+            entry.update({k: ev[k] for k in ("miou", "iou", "images")})
+        result[split] = entry
+    if is_main_process():
+        update_metrics(cfg, "pseudo", {"method": "irn", **result})
+    return result
+
+
+def refine(cfg: RunConfig, *, dist=None, workers: int | None = None) -> dict:
+    """Relation labels -> boundary training (resumed if interrupted) -> pseudo masks."""
+    from plda.engine.checkpoint import latest_checkpoint
+    from plda.engine.distributed import barrier, init_distributed
+
+    dist = dist if dist is not None else init_distributed()
+    if is_main_process():
+        make_relation_labels(cfg, workers=workers)
+    barrier()
+    summary = {}
+    if not (irn_dir(cfg) / BOUNDARY_WEIGHTS).is_file():
+        resume = latest_checkpoint(irn_dir(cfg) / "checkpoints") is not None
+        summary["train"] = train_boundary(cfg, resume=resume, dist=dist)
+        if summary["train"]["interrupted"]:
+            raise KeyboardInterrupt
+        if is_main_process():
+            update_metrics(cfg, "irn_train", summary["train"])
+    barrier()
+    summary["pseudo"] = make_pseudo_masks(cfg, dist=dist)
+    return summary
