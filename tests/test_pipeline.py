@@ -122,3 +122,28 @@ def test_refine_irn_end_to_end_resumes_and_scores(tmp_path):
     assert again["pseudo"]["val"]["written"] == 1 and again["pseudo"]["train"]["written"] == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.exists()
                and p.name != masks[0].name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["crf", "pamr"])
+def test_refine_with_crf_or_pamr_writes_scored_pseudo_masks(tmp_path, method):
+    from plda.pipeline.refine import refine
+    from plda.pipeline.run import run_pipeline
+
+    if method == "crf":
+        pytest.importorskip("pydensecrf.densecrf")
+    run = tmp_path / "run"
+    cfg = load_run_config("synth_cam", [*TINY, f"run_dir={run}", f"refine.method={method}"])
+    run_pipeline(cfg)
+    summary = refine(cfg, workers=1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pseudo"]["method"] == method
+    assert metrics["pseudo"]["bg_threshold"] == metrics["seeds"]["bg_threshold"]
+    for split, n in (("train", 8), ("val", 4)):
+        masks = sorted((run / "pseudo" / split).glob("*.png"))
+        assert len(masks) == n and summary["pseudo"][split]["written"] == n
+        gt = load_label_png(run / "data/SegmentationClassAug" / f"{masks[0].stem}.png")
+        mask = load_label_png(masks[0])
+        assert mask.shape == gt.shape and set(np.unique(mask)) <= {0, 1, 2, 3}
+        assert 0.0 <= metrics["pseudo"][split]["miou"] <= 100.0
+    assert refine(cfg, workers=1)["pseudo"]["val"]["written"] == 0  # finished files kept

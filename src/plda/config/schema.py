@@ -130,7 +130,9 @@ class IRNConfig:
 class RefineConfig:
     """Seeds -> pseudo masks (``plda refine``)."""
 
-    method: Literal["irn"] = "irn"
+    # irn: IRN's boundary branch + random walk; crf / pamr: the seed scores (background plane =
+    # the chosen threshold) refined by the dense CRF or by PAMR.
+    method: Literal["irn", "crf", "pamr"] = "irn"
     irn: IRNConfig = field(default_factory=IRNConfig)
 
 

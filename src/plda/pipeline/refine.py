@@ -1,4 +1,10 @@
-"""``plda refine irn``: seeds -> pseudo masks with IRN's boundary branch.
+"""``plda refine {irn,crf,pamr}``: CAMs -> pseudo masks.
+
+``crf`` and ``pamr`` refine each image's threshold seed scores (background plane = the chosen
+background threshold, the CAMs of its classes) with the dense CRF (psa / SEAM parameters, in
+worker processes) or with PAMR (pure torch, no extra dependency), and take the argmax.
+
+``irn`` is IRN's boundary branch:
 
 1. relation labels for the training split from its CAM files (confident fg / bg, label CRF):
    ``<run_dir>/irn/relations/<id>.png``;
@@ -189,12 +195,105 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
     return result
 
 
+def background_threshold(cfg: RunConfig) -> float:
+    """``cam.bg_threshold``, else the one the seed sweep chose (``metrics.json``)."""
+    import json
+
+    if cfg.cam.bg_threshold is not None:
+        return float(cfg.cam.bg_threshold)
+    path = run_dir(cfg) / "metrics.json"
+    try:
+        return float(json.loads(path.read_text())["seeds"]["bg_threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"no background threshold: set cam.bg_threshold or run 'plda seeds' "
+                        f"first (it records the sweep's choice in {path})") from None
+
+
+def _score_task(task: tuple) -> None:
+    """Worker: one image's seed scores refined by the CRF or PAMR -> pseudo-mask PNG."""
+    import torch
+
+    from plda.data.camfile import load_cams
+    from plda.data.layout import load_rgb
+    from plda.vis.palette import save_label_png
+
+    cam_path, image_path, out_path, method, threshold = task
+    cam_file = load_cams(cam_path)
+    image = np.asarray(load_rgb(image_path), dtype=np.uint8)
+    if image.shape[:2] != tuple(cam_file.image_size):
+        raise DataError(f"{cam_path}: CAM size {tuple(cam_file.image_size)} differs from image "
+                        f"{image_path} {image.shape[:2]}")
+    cams = np.asarray(cam_file.cams, dtype=np.float32)
+    probs = np.concatenate([np.full((1, *cams.shape[1:]), threshold, np.float32), cams])
+    keys = np.asarray([0, *cam_file.keys], dtype=np.int64)
+    if method == "crf":
+        from plda.refinement.crf import crf_labels
+
+        label = crf_labels(image, probs, keys)
+    else:
+        from plda.methods.pamr import PAMR
+
+        rgb = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0
+        refined = PAMR()(rgb, torch.from_numpy(probs)[None])[0]
+        label = keys[refined.argmax(0).numpy()].astype(np.uint8)
+    save_label_png(out_path, label)
+
+
+def make_scored_pseudo_masks(cfg: RunConfig, method: str, splits=None, *,
+                             workers: int | None = None) -> dict:
+    """``crf`` / ``pamr`` pseudo masks of each split (finished files kept), scored (rank 0)."""
+    import os
+
+    from plda.evaluation.evaluate import evaluate_labels
+    from plda.inference.cams import clean_temporaries
+    from plda.refinement.crf import map_in_workers, require_pydensecrf
+
+    if method == "crf":
+        require_pydensecrf()
+    threshold = background_threshold(cfg)
+    layout = load_layout(cfg, generate=False)
+    result: dict = {"method": method, "bg_threshold": threshold}
+    for split in splits or cfg.data.eval_splits:
+        ids = layout.ids(split)
+        out = run_dir(cfg) / "pseudo" / split
+        out.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(out, [f"{i}.png" for i in ids])
+        tasks = []
+        for image_id in ids:
+            target = safe_join(out, f"{image_id}.png")
+            if target.is_file():
+                continue
+            cam_path = safe_join(run_dir(cfg) / "cams" / split, f"{image_id}.npz")
+            if not cam_path.is_file():
+                raise DataError(f"CAM file {cam_path} not found: run 'plda cam' first")
+            tasks.append((str(cam_path), str(layout.image_path(image_id)), str(target), method,
+                          threshold))
+        start = time.perf_counter()
+        n = workers if workers is not None else (os.cpu_count() or 1) if method == "crf" else 1
+        map_in_workers(_score_task, tasks, n, desc=f"pseudo masks {method} {split}")
+        seconds = time.perf_counter() - start
+        entry = {"written": len(tasks), "seconds": seconds,
+                 "seconds_per_image": seconds / len(tasks) if tasks else 0.0}
+        if layout.mask_dir is not None:
+            ev = evaluate_labels(out, layout.mask_dir, ids, layout.class_names)
+            entry.update({k: ev[k] for k in ("miou", "iou", "images")})
+        result[split] = entry
+    update_metrics(cfg, "pseudo", result)
+    return result
+
+
 def refine(cfg: RunConfig, *, dist=None, workers: int | None = None) -> dict:
-    """Relation labels -> boundary training (resumed if interrupted) -> pseudo masks."""
+    """The configured refinement (``refine.method``). IRN: relation labels -> boundary
+    training (resumed if interrupted) -> pseudo masks; crf / pamr: pseudo masks (rank 0)."""
     from plda.engine.checkpoint import latest_checkpoint
     from plda.engine.distributed import barrier, init_distributed
 
     dist = dist if dist is not None else init_distributed()
+    if cfg.refine.method in ("crf", "pamr"):
+        summary = {"pseudo": make_scored_pseudo_masks(cfg, cfg.refine.method, workers=workers)
+                   if is_main_process() else {}}
+        barrier()
+        return summary
     if is_main_process():
         make_relation_labels(cfg, workers=workers)
     barrier()
