@@ -37,6 +37,27 @@ def irn_dir(cfg: RunConfig) -> Path:
     return run_dir(cfg) / "irn"
 
 
+def _pending(cfg: RunConfig, split: str, ids: list[str], out: Path
+              ) -> list[tuple[str, Path, Path]]:
+    """``(id, output file, CAM file)`` of the images in ``ids`` whose output is not written
+    yet; makes ``out``, removes its stale temporaries, and requires every needed CAM file."""
+    from plda.inference.cams import clean_temporaries
+
+    out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out, [f"{i}.png" for i in ids])
+    todo = []
+    for image_id in ids:
+        target = safe_join(out, f"{image_id}.png")
+        if target.is_file():
+            continue
+        cam_path = safe_join(run_dir(cfg) / "cams" / split, f"{image_id}.npz")
+        if not cam_path.is_file():
+            raise DataError(f"CAM file {cam_path} not found: run 'plda cam' for split "
+                            f"{split!r} first")
+        todo.append((image_id, target, cam_path))
+    return todo
+
+
 def _relation_task(task: tuple) -> None:
     from plda.data.camfile import load_cams
     from plda.data.layout import load_rgb
@@ -57,7 +78,6 @@ def make_relation_labels(cfg: RunConfig, *, workers: int | None = None) -> dict:
     """Relation-label PNGs of the training split from its CAM files (skips finished ones)."""
     import os
 
-    from plda.inference.cams import clean_temporaries
     from plda.refinement.crf import map_in_workers, require_pydensecrf
 
     irn = cfg.refine.irn
@@ -66,21 +86,10 @@ def make_relation_labels(cfg: RunConfig, *, workers: int | None = None) -> dict:
     layout = load_layout(cfg, generate=False)
     split = cfg.data.train_split
     ids = layout.ids(split)
-    cam_dir = run_dir(cfg) / "cams" / split
-    out = irn_dir(cfg) / "relations"
-    out.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(out, [f"{i}.png" for i in ids])
-    tasks = []
-    for image_id in ids:
-        target = safe_join(out, f"{image_id}.png")
-        if target.is_file():
-            continue
-        cam_path = safe_join(cam_dir, f"{image_id}.npz")
-        if not cam_path.is_file():
-            raise DataError(f"CAM file {cam_path} not found: run 'plda cam' for split "
-                            f"{split!r} first")
-        tasks.append((str(cam_path), str(layout.image_path(image_id)), str(target),
-                      irn.fg_threshold, irn.bg_threshold, irn.crf))
+    tasks = [(str(cam_path), str(layout.image_path(image_id)), str(target), irn.fg_threshold,
+              irn.bg_threshold, irn.crf)
+             for image_id, target, cam_path in _pending(cfg, split, ids,
+                                                        irn_dir(cfg) / "relations")]
     start = time.perf_counter()
     workers = workers if workers is not None else (os.cpu_count() or 1)
     map_in_workers(_relation_task, tasks, workers, desc="relation labels")
@@ -149,7 +158,6 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
     from plda.data.transforms import EvalTransform
     from plda.engine.distributed import barrier, init_distributed
     from plda.evaluation.evaluate import evaluate_labels
-    from plda.inference.cams import clean_temporaries
     from plda.refinement.irn import boundary_map, irn_pseudo_mask
     from plda.utils.progress import progress
     from plda.vis.palette import save_label_png
@@ -163,19 +171,13 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
     for split in splits or cfg.data.eval_splits:
         ids = layout.ids(split)[dist.rank::dist.world_size]
         out = run_dir(cfg) / "pseudo" / split
-        out.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(out, [f"{i}.png" for i in ids])
         start, written = time.perf_counter(), 0
-        for image_id in progress(ids, desc=f"pseudo masks {split}", unit="img"):
-            target = safe_join(out, f"{image_id}.png")
-            if target.is_file():
-                continue
-            cam_path = safe_join(run_dir(cfg) / "cams" / split, f"{image_id}.npz")
-            if not cam_path.is_file():
-                raise DataError(f"CAM file {cam_path} not found: run 'plda cam' first")
+        todo = _pending(cfg, split, ids, out)
+        for image_id, target, cam_path in progress(todo, desc=f"pseudo masks {split}",
+                                                   unit="img"):
             cam_file = load_cams(cam_path)
             image = transform(layout.load_image(image_id))
-            boundary = boundary_map(net, image.to(dist.device)).double().cpu()
+            boundary = boundary_map(net, image.to(dist.device)).float().cpu()
             mask = irn_pseudo_mask(torch.from_numpy(np.asarray(cam_file.cams, np.float32)),
                                    list(cam_file.keys), boundary, radius=irn.radius,
                                    beta=irn.beta, exp_times=irn.exp_times,
@@ -245,7 +247,6 @@ def make_scored_pseudo_masks(cfg: RunConfig, method: str, splits=None, *,
     import os
 
     from plda.evaluation.evaluate import evaluate_labels
-    from plda.inference.cams import clean_temporaries
     from plda.refinement.crf import map_in_workers, require_pydensecrf
 
     if method == "crf":
@@ -256,18 +257,8 @@ def make_scored_pseudo_masks(cfg: RunConfig, method: str, splits=None, *,
     for split in splits or cfg.data.eval_splits:
         ids = layout.ids(split)
         out = run_dir(cfg) / "pseudo" / split
-        out.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(out, [f"{i}.png" for i in ids])
-        tasks = []
-        for image_id in ids:
-            target = safe_join(out, f"{image_id}.png")
-            if target.is_file():
-                continue
-            cam_path = safe_join(run_dir(cfg) / "cams" / split, f"{image_id}.npz")
-            if not cam_path.is_file():
-                raise DataError(f"CAM file {cam_path} not found: run 'plda cam' first")
-            tasks.append((str(cam_path), str(layout.image_path(image_id)), str(target), method,
-                          threshold))
+        tasks = [(str(cam_path), str(layout.image_path(image_id)), str(target), method,
+                  threshold) for image_id, target, cam_path in _pending(cfg, split, ids, out)]
         start = time.perf_counter()
         n = workers if workers is not None else (os.cpu_count() or 1) if method == "crf" else 1
         map_in_workers(_score_task, tasks, n, desc=f"pseudo masks {method} {split}")
