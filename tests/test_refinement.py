@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from plda.refinement.affinity import (affinity_loss, boundary_to_affinity, displacements,
-                                      pair_labels, random_walk, transition_matrix, valid_pairs)
+from plda.refinement.affinity import (
+    affinity_loss,
+    boundary_to_affinity,
+    displacements,
+    pair_labels,
+    random_walk,
+    transition_matrix,
+    valid_pairs,
+)
 from plda.refinement.relations import relation_labels
 
 
@@ -243,3 +250,82 @@ def test_irn_pseudo_mask_fills_the_region_a_boundary_encloses():
     assert (mask[:6] == 0).all() and (mask[42:] == 0).all()
     empty = irn_pseudo_mask(torch.zeros(0, 48, 48), [], boundary)
     assert empty.shape == (48, 48) and not empty.any()
+
+
+# ---------------------------------------------------------------- AffinityNet
+def test_affinity_labels_from_la_and_ha_seeds():
+    from plda.refinement.affinitynet import affinity_labels
+
+    la = np.array([[0, 3, 3], [0, 0, 5]], np.uint8)
+    ha = np.array([[0, 3, 3], [3, 0, 5]], np.uint8)
+    np.testing.assert_array_equal(affinity_labels(la, ha),
+                                  [[0, 3, 3], [255, 0, 5]])
+    with pytest.raises(ValueError, match="differ in size"):
+        affinity_labels(la, ha[:1])
+
+
+def test_pair_affinity_is_exp_of_mean_l1_distance():
+    from plda.refinement.affinitynet import pair_affinity
+
+    f = torch.zeros(1, 2, 2, 3)
+    f[0, :, 0, 1] = torch.tensor([1.0, 3.0])   # pixel (0, 1)
+    aff = pair_affinity(f, [(0, 1), (1, 0)])
+    assert aff.shape == (1, 2, 2, 3)
+    assert aff[0, 0, 0, 0].item() == pytest.approx(math.exp(-2.0))  # (0,0)-(0,1): mean |1|,|3|
+    assert aff[0, 0, 1, 0].item() == pytest.approx(1.0)             # identical features
+    assert aff[0, 0, 0, 2].item() == 0.0 and aff[0, 1, 1, 1].item() == 0.0  # off the grid
+
+
+def test_affinitynet_trains_its_head_and_backbone():
+    from plda.engine.config import TrainConfig
+    from plda.engine.optim import build_optimizer
+    from plda.models.backbones import build_backbone
+    from plda.refinement.affinitynet import AffinityNet, AffinityNetModel
+
+    torch.manual_seed(0)
+    net = AffinityNet(build_backbone("efficientnet_lite0", pretrained=None, output_stride=16))
+    model = AffinityNetModel(net, radius=3).train()
+    groups = model.parameter_groups()
+    assert [g["lr_mult"] for g in groups] == [1.0, 2.0, 10.0]
+    image = torch.randn(2, 3, 64, 64)
+    image[:, :, 16:48, 16:48] += 2.0
+    mask = torch.zeros(2, 64, 64, dtype=torch.long)
+    mask[:, 16:48, 16:48] = 2
+    opt = build_optimizer(groups, TrainConfig(iterations=20, lr=0.01, momentum=0.9))
+    losses = []
+    for _ in range(20):
+        out = model({"image": image, "mask": mask})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.8 * losses[0], losses
+    changed = [p for p in groups[0]["params"] if p.grad is not None]
+    assert changed, "the backbone receives gradients (psa trains it)"
+
+
+class _RegionFeatures(torch.nn.Module):
+    """A stand-in feature net: a strongly different feature inside a square than outside."""
+
+    stride = 4
+
+    def forward(self, image):
+        h, w = image.shape[-2] // 4, image.shape[-1] // 4
+        f = torch.zeros(1, 2, h, w, dtype=torch.float64)
+        f[0, 0, 2:8, 2:8] = 20.0
+        return f
+
+
+def test_affinity_pseudo_mask_spreads_a_seed_over_its_region():
+    from plda.refinement.affinitynet import affinity_pseudo_mask
+
+    cams = torch.zeros(1, 44, 40, dtype=torch.float64)
+    cams[0, 8:32, 8:32] = 0.3     # weak over the square (feature cells 2..7)...
+    cams[0, 16:20, 16:20] = 1.0   # ...confident in a small part
+    cams[0, 32:36, 8:32] = 0.6    # and a spurious response just outside it
+    mask = affinity_pseudo_mask(_RegionFeatures(), torch.zeros(3, 44, 40), cams, [9],
+                                radius=4, alpha=16.0, beta=8.0, logt=6)
+    assert mask.shape == (44, 40)
+    assert (mask[11:29, 11:29] == 9).all()  # the inside (edges blur by the 4x upsampling)
+    assert (mask[:6] == 0).all() and (mask[36:] == 0).all()
+    assert (mask[33:36, 8:32] == 0).float().mean() > 0.9  # the walk outside averages it away
