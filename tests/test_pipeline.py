@@ -147,3 +147,32 @@ def test_refine_with_crf_or_pamr_writes_scored_pseudo_masks(tmp_path, method):
         assert mask.shape == gt.shape and set(np.unique(mask)) <= {0, 1, 2, 3}
         assert 0.0 <= metrics["pseudo"][split]["miou"] <= 100.0
     assert refine(cfg, workers=1)["pseudo"]["val"]["written"] == 0  # finished files kept
+
+
+@pytest.mark.slow
+def test_refine_affinity_end_to_end(tmp_path):
+    """la/ha seeds -> affinity labels -> AffinityNet -> walked pseudo masks, scored."""
+    pytest.importorskip("pydensecrf.densecrf")
+    from plda.pipeline.refine import AFFINITY_WEIGHTS, refine
+    from plda.pipeline.run import run_pipeline
+
+    run = tmp_path / "run"
+    cfg = load_run_config("synth_cam", [*TINY, f"run_dir={run}", "refine.method=affinity",
+                                        "refine.affinity.crop=64", "refine.affinity.radius=3",
+                                        "refine.affinity.logt=4",
+                                        "refine.affinity.train.epochs=1",
+                                        "refine.affinity.train.batch_size=4",
+                                        "refine.affinity.train.num_workers=0"])
+    run_pipeline(cfg)
+    summary = refine(cfg, workers=1)
+    labels = sorted((run / "affinity" / "labels").glob("*.png"))
+    assert len(labels) == 8
+    assert set(np.unique(load_label_png(labels[0]))) <= {0, 1, 2, 3, 255}
+    assert (run / "affinity" / AFFINITY_WEIGHTS).is_file()
+    assert summary["train"]["steps"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pseudo"]["method"] == "affinity"
+    for split, n in (("train", 8), ("val", 4)):
+        masks = sorted((run / "pseudo" / split).glob("*.png"))
+        assert len(masks) == n
+        assert 0.0 <= metrics["pseudo"][split]["miou"] <= 100.0

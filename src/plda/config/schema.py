@@ -126,14 +126,44 @@ class IRNConfig:
                               "with 0 < low <= high")
 
 
+def _affinity_train() -> TrainConfig:
+    # psa's train_aff: 8 epochs, batch 8, lr 0.1, weight decay 5e-4, its PolyOptimizer.
+    return TrainConfig(epochs=8, batch_size=8, lr=0.1, weight_decay=5e-4,
+                       reference_optimizer=True, checkpoint_every=500, log_every=20)
+
+
+@dataclass
+class AffinityConfig:
+    """AffinityNet (jiwoon-ahn/psa defaults, as SEAM uses it)."""
+
+    # Pair radius on the feature grid; random walk: background power, affinity power, log2 t.
+    radius: int = 5
+    alpha: float = 16.0
+    beta: float = 8.0
+    logt: int = 8
+    # Training crops (psa: long side 448-768 of ~500 px images, crop 448).
+    scale: tuple[float, float] = (0.9, 1.5)
+    crop: int = 448
+    flip: bool = True
+    train: TrainConfig = field(default_factory=_affinity_train)
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(self.scale)
+        if self.radius < 2 or self.logt < 0 or self.alpha <= 0 or self.beta <= 0:
+            raise ConfigError(f"refine.affinity: expected radius >= 2, logt >= 0, alpha > 0, "
+                              f"beta > 0, got {self.radius}, {self.logt}, {self.alpha}, "
+                              f"{self.beta}")
+
+
 @dataclass
 class RefineConfig:
     """Seeds -> pseudo masks (``plda refine``)."""
 
-    # irn: IRN's boundary branch + random walk; crf / pamr: the seed scores (background plane =
+    # irn: IRN's boundary branch + random walk; affinity: AffinityNet + random walk; crf / pamr: the seed scores (background plane =
     # the chosen threshold) refined by the dense CRF or by PAMR.
-    method: Literal["irn", "crf", "pamr"] = "irn"
+    method: Literal["irn", "affinity", "crf", "pamr"] = "irn"
     irn: IRNConfig = field(default_factory=IRNConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
 
 @dataclass

@@ -150,39 +150,48 @@ def load_boundary_net(cfg: RunConfig, num_classes: int):
 
 
 def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
-    """Pseudo masks of each split (default ``data.eval_splits``), sharded across ranks;
+    """IRN pseudo masks of each split (default ``data.eval_splits``), sharded across ranks;
     existing files are kept. Scores them when the dataset has masks (rank 0)."""
+    from plda.engine.distributed import init_distributed
+    from plda.refinement.irn import boundary_map, irn_pseudo_mask
+
+    dist = dist if dist is not None else init_distributed()
+    irn = cfg.refine.irn
+    net = load_boundary_net(cfg, load_layout(cfg, generate=False).num_classes).to(dist.device)
+
+    def make_mask(image, cams, keys):
+        return irn_pseudo_mask(cams, keys, boundary_map(net, image).float().cpu(),
+                               radius=irn.radius, beta=irn.beta, exp_times=irn.exp_times,
+                               bg_threshold=irn.sem_seg_bg_threshold)
+
+    return _walk_splits(cfg, splits, dist, "irn", net, make_mask)
+
+
+def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask) -> dict:
+    """For each split, this rank's images still to do: ``make_mask(image, cams, keys)`` on the
+    normalised image and its CAM file -> pseudo-mask PNG; then scores (rank 0)."""
     import torch
 
     from plda.data.camfile import load_cams
     from plda.data.transforms import EvalTransform
-    from plda.engine.distributed import barrier, init_distributed
+    from plda.engine.distributed import barrier
     from plda.evaluation.evaluate import evaluate_labels
-    from plda.refinement.irn import boundary_map, irn_pseudo_mask
     from plda.utils.progress import progress
     from plda.vis.palette import save_label_png
 
-    dist = dist if dist is not None else init_distributed()
-    irn = cfg.refine.irn
     layout = load_layout(cfg, generate=False)
-    net = load_boundary_net(cfg, layout.num_classes).to(dist.device)
     transform = EvalTransform(tuple(net.input_mean), tuple(net.input_std))
     result: dict = {}
     for split in splits or cfg.data.eval_splits:
         ids = layout.ids(split)[dist.rank::dist.world_size]
         out = run_dir(cfg) / "pseudo" / split
         start, written = time.perf_counter(), 0
-        todo = _pending(cfg, split, ids, out)
-        for image_id, target, cam_path in progress(todo, desc=f"pseudo masks {split}",
-                                                   unit="img"):
+        for image_id, target, cam_path in progress(_pending(cfg, split, ids, out),
+                                                   desc=f"pseudo masks {split}", unit="img"):
             cam_file = load_cams(cam_path)
-            image = transform(layout.load_image(image_id))
-            boundary = boundary_map(net, image.to(dist.device)).float().cpu()
-            mask = irn_pseudo_mask(torch.from_numpy(np.asarray(cam_file.cams, np.float32)),
-                                   list(cam_file.keys), boundary, radius=irn.radius,
-                                   beta=irn.beta, exp_times=irn.exp_times,
-                                   bg_threshold=irn.sem_seg_bg_threshold)
-            save_label_png(target, mask.numpy())
+            image = transform(layout.load_image(image_id)).to(dist.device)
+            cams = torch.from_numpy(np.asarray(cam_file.cams, np.float32))
+            save_label_png(target, make_mask(image, cams, list(cam_file.keys)).numpy())
             written += 1
         barrier()
         seconds = time.perf_counter() - start
@@ -193,7 +202,7 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
             entry.update({k: ev[k] for k in ("miou", "iou", "images")})
         result[split] = entry
     if is_main_process():
-        update_metrics(cfg, "pseudo", {"method": "irn", **result})
+        update_metrics(cfg, "pseudo", {"method": method, **result})
     return result
 
 
@@ -273,9 +282,102 @@ def make_scored_pseudo_masks(cfg: RunConfig, method: str, splits=None, *,
     return result
 
 
+def affinity_dir(cfg: RunConfig) -> Path:
+    return run_dir(cfg) / "affinity"
+
+
+AFFINITY_WEIGHTS = "affinitynet.safetensors"
+
+
+def _affinity_label_task(task: tuple) -> None:
+    from plda.refinement.affinitynet import affinity_labels
+    from plda.vis.palette import load_label_png, save_label_png
+
+    la_path, ha_path, out_path = task
+    save_label_png(out_path, affinity_labels(load_label_png(la_path), load_label_png(ha_path)))
+
+
+def make_affinity_labels(cfg: RunConfig, *, workers: int | None = None) -> dict:
+    """psa's training labels: "la" / "ha" CRF seeds of the training split, then the label
+    (class from "la", background from "ha", 255 elsewhere) in ``affinity/labels/``."""
+    from plda.inference.seeds import write_seeds
+    from plda.refinement.crf import map_in_workers
+
+    layout = load_layout(cfg, generate=False)
+    split = cfg.data.train_split
+    ids = layout.ids(split)
+    cams = run_dir(cfg) / "cams" / split
+    seeds = {name: affinity_dir(cfg) / name for name in ("la", "ha")}
+    for name, folder in seeds.items():
+        write_seeds(cams, folder, ids, None, crf=name, layout=layout, workers=workers)
+    out = affinity_dir(cfg) / "labels"
+    tasks = [(str(seeds["la"] / f"{i}.png"), str(seeds["ha"] / f"{i}.png"), str(target))
+             for i, target, _ in _pending(cfg, split, ids, out)]
+    map_in_workers(_affinity_label_task, tasks, 1, desc="affinity labels")
+    return {"written": len(tasks), "skipped": len(ids) - len(tasks)}
+
+
+def _build_affinity_net(cfg: RunConfig, num_classes: int):
+    from plda.pipeline.common import load_stage1_model
+    from plda.refinement.affinitynet import AffinityNet
+
+    return AffinityNet(load_stage1_model(cfg, num_classes).backbone)
+
+
+def train_affinity(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
+    """Train AffinityNet (backbone from the stage-1 run) on the affinity labels."""
+    from plda.data.datasets import SegmentationDataset
+    from plda.data.transforms import SegTransform
+    from plda.engine.distributed import init_distributed
+    from plda.engine.trainer import Trainer
+    from plda.pipeline.common import to_dict
+    from plda.refinement.affinitynet import AffinityNetModel
+    from plda.weights.io import save_state_dict_file
+
+    dist = dist if dist is not None else init_distributed()
+    aff = cfg.refine.affinity
+    layout = load_layout(cfg, generate=False)
+    net = _build_affinity_net(cfg, layout.num_classes)
+    transform = SegTransform(crop=aff.crop, scale=tuple(aff.scale), flip=aff.flip,
+                             mean=tuple(net.input_mean), std=tuple(net.input_std))
+    dataset = SegmentationDataset(layout, cfg.data.train_split, transform,
+                                  mask_dir=affinity_dir(cfg) / "labels", seed=aff.train.seed)
+    trainer = Trainer(AffinityNetModel(net, radius=aff.radius), dataset, aff.train,
+                      affinity_dir(cfg), dist=dist, config_dict=to_dict(cfg))
+    result = trainer.fit(resume=resume)
+    if not result.interrupted and is_main_process():
+        save_state_dict_file(affinity_dir(cfg) / AFFINITY_WEIGHTS,
+                             {k: v.detach().cpu() for k, v in net.state_dict().items()})
+    return {"steps": result.step, "total_steps": result.total_steps,
+            "interrupted": result.interrupted, "wall_time_s": result.wall_time_s}
+
+
+def make_affinity_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
+    """AffinityNet's walked pseudo masks of each split (sharded; finished files kept)."""
+    from plda.engine.distributed import init_distributed
+    from plda.refinement.affinitynet import affinity_pseudo_mask
+    from plda.weights.io import load_state_dict_file
+
+    dist = dist if dist is not None else init_distributed()
+    aff = cfg.refine.affinity
+    path = affinity_dir(cfg) / AFFINITY_WEIGHTS
+    if not path.is_file():
+        raise DataError(f"no trained AffinityNet at {path}: run 'plda refine affinity' first")
+    net = _build_affinity_net(cfg, load_layout(cfg, generate=False).num_classes)
+    net.load_state_dict(load_state_dict_file(path), strict=True)
+    net = net.to(dist.device).eval()
+
+    def make_mask(image, cams, keys):
+        return affinity_pseudo_mask(net, image, cams, keys, radius=aff.radius,
+                                    alpha=aff.alpha, beta=aff.beta, logt=aff.logt)
+
+    return _walk_splits(cfg, splits, dist, "affinity", net, make_mask)
+
+
 def refine(cfg: RunConfig, *, dist=None, workers: int | None = None) -> dict:
-    """The configured refinement (``refine.method``). IRN: relation labels -> boundary
-    training (resumed if interrupted) -> pseudo masks; crf / pamr: pseudo masks (rank 0)."""
+    """The configured refinement (``refine.method``). IRN / AffinityNet: training labels ->
+    network training (resumed if interrupted, skipped once its weights exist) -> walked pseudo
+    masks; crf / pamr: pseudo masks (rank 0)."""
     from plda.engine.checkpoint import latest_checkpoint
     from plda.engine.distributed import barrier, init_distributed
 
@@ -285,17 +387,24 @@ def refine(cfg: RunConfig, *, dist=None, workers: int | None = None) -> dict:
                    if is_main_process() else {}}
         barrier()
         return summary
+    if cfg.refine.method == "affinity":
+        steps = (make_affinity_labels, affinity_dir(cfg), AFFINITY_WEIGHTS, train_affinity,
+                 "affinity_train", make_affinity_pseudo_masks)
+    else:
+        steps = (make_relation_labels, irn_dir(cfg), BOUNDARY_WEIGHTS, train_boundary,
+                 "irn_train", make_pseudo_masks)
+    make_labels, folder, weights, train, section, make_masks = steps
     if is_main_process():
-        make_relation_labels(cfg, workers=workers)
+        make_labels(cfg, workers=workers)
     barrier()
     summary = {}
-    if not (irn_dir(cfg) / BOUNDARY_WEIGHTS).is_file():
-        resume = latest_checkpoint(irn_dir(cfg) / "checkpoints") is not None
-        summary["train"] = train_boundary(cfg, resume=resume, dist=dist)
+    if not (folder / weights).is_file():
+        resume = latest_checkpoint(folder / "checkpoints") is not None
+        summary["train"] = train(cfg, resume=resume, dist=dist)
         if summary["train"]["interrupted"]:
             raise KeyboardInterrupt
         if is_main_process():
-            update_metrics(cfg, "irn_train", summary["train"])
+            update_metrics(cfg, section, summary["train"])
     barrier()
-    summary["pseudo"] = make_pseudo_masks(cfg, dist=dist)
+    summary["pseudo"] = make_masks(cfg, dist=dist)
     return summary
