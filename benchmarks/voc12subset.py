@@ -59,6 +59,14 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def cfg_name(suite: str, method: str) -> str:
+    return f"synth_{method}" if suite == "synth" else f"voc12subset_{method}_effnetlite0"
+
+
+def base_overrides(out: Path, method: str, data: Path | None, suite: str) -> list[str]:
+    return [f"run_dir={out / method}"] + ([] if suite == "synth" else [f"data.root={data}"])
+
+
 def _loss_terms(run: Path) -> dict:
     """{term: [first logged value, last logged value]} from the training log."""
     path = run / "logs" / "train.jsonl"
@@ -75,16 +83,13 @@ def _loss_terms(run: Path) -> dict:
 
 
 def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
-               suite: str = "voc12subset") -> dict:
+               suite: str = "voc12subset", refine: str = "none") -> dict:
     from plda.config import load_run_config
     from plda.pipeline.cams import make_cams, make_seeds
     from plda.pipeline.run import run_pipeline
 
-    if suite == "synth":
-        cfg = load_run_config(f"synth_{method}", [f"run_dir={out / method}", *overrides])
-    else:
-        cfg = load_run_config(f"voc12subset_{method}_effnetlite0",
-                              [f"run_dir={out / method}", f"data.root={data}", *overrides])
+    cfg = load_run_config(cfg_name(suite, method),
+                          [*base_overrides(out, method, data, suite), *overrides])
     t0 = time.perf_counter()
     run_pipeline(cfg, until="train")
     train_wall = time.perf_counter() - t0
@@ -103,6 +108,19 @@ def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
         row[f"{split}_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED)
         row[f"{split}_iou"] = res.get("iou")
     row["loss_terms"] = _loss_terms(out / method)
+    if refine != "none":
+        from plda.pipeline.refine import refine as run_refine
+
+        cfg = load_run_config(cfg_name(suite, method), [*base_overrides(out, method, data, suite),
+                                                        *overrides, f"refine.method={refine}"])
+        t0 = time.perf_counter()
+        pseudo = run_refine(cfg, splits=[cfg.data.train_split])["pseudo"]
+        row["refine"] = refine
+        row["refine_minutes"] = (time.perf_counter() - t0) / 60.0
+        res = pseudo.get(cfg.data.train_split, {})
+        row["pseudo_train_miou_present"] = res.get("miou")
+        row["pseudo_train_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED)
+        row["pseudo_train_iou"] = res.get("iou")
     return row
 
 
@@ -117,6 +135,9 @@ def main(argv=None) -> int:
                    help="the VOC-layout sample (default ../shared/data/voc12-subset)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--suite", choices=("voc12subset", "synth"), default="voc12subset")
+    p.add_argument("--refine", choices=("irn", "affinity", "crf", "pamr", "none"), default="irn",
+                   help="refinement of the training split's seeds into pseudo masks "
+                        "(pseudo/train/<id>.png; default irn, the preset's)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 64 train / 32 val images, 16 steps per method")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every method")
@@ -137,20 +158,25 @@ def main(argv=None) -> int:
     rows = []
     for method in methods:
         print(f"== {method}", flush=True)
-        rows.append(run_method(method, args.out, data, overrides, args.suite))
+        rows.append(run_method(method, args.out, data, overrides, args.suite, args.refine))
     from plda.utils.io import atomic_write_json
 
     atomic_write_json(args.out / "results.json", {"suite": args.suite, "data": str(data),
                                                   "overrides": overrides, "rows": rows})
     print(f"\n{'method':10s} {'train mIoU':>10s} {'val mIoU':>9s} {'train 13':>9s} "
-          f"{'val 13':>7s} {'thr':>5s} {'train min':>9s} {'infer s/img':>11s}")
+          f"{'val 13':>7s} {'thr':>5s} {'train min':>9s} {'infer s/img':>11s} "
+          f"{'pseudo train':>12s} {'pseudo 13':>9s} {'refine min':>10s}")
     for r in rows:
         print(f"{r['method']:10s} {_fmt(r['train_miou_present'], '10.1f')} "
               f"{_fmt(r['val_miou_present'], '9.1f')} {_fmt(r['train_miou_13'], '9.1f')} "
               f"{_fmt(r['val_miou_13'], '7.1f')} {r['bg_threshold']:5.2f} "
-              f"{r['train_minutes']:9.1f} {_fmt(r['cam_seconds_per_image'], '11.3f')}")
+              f"{r['train_minutes']:9.1f} {_fmt(r['cam_seconds_per_image'], '11.3f')} "
+              f"{_fmt(r.get('pseudo_train_miou_present'), '12.1f')} "
+              f"{_fmt(r.get('pseudo_train_miou_13'), '9.1f')} "
+              f"{_fmt(r.get('refine_minutes'), '10.1f')}")
     print("mIoU: seed mIoU (%) over the classes present in the split / over the 13 supported "
-          f"classes; threshold chosen on train. Results: {args.out / 'results.json'}")
+          "classes; threshold chosen on train; pseudo: the refined training masks. "
+          f"Results: {args.out / 'results.json'}")
     print("\nloss terms, first -> last logged window:")
     for r in rows:
         terms = ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in r["loss_terms"].items())

@@ -374,16 +374,18 @@ def make_affinity_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dic
     return _walk_splits(cfg, splits, dist, "affinity", net, make_mask)
 
 
-def refine(cfg: RunConfig, *, dist=None, workers: int | None = None) -> dict:
+def refine(cfg: RunConfig, *, splits=None, dist=None, workers: int | None = None) -> dict:
     """The configured refinement (``refine.method``). IRN / AffinityNet: training labels ->
     network training (resumed if interrupted, skipped once its weights exist) -> walked pseudo
-    masks; crf / pamr: pseudo masks (rank 0)."""
+    masks; crf / pamr: pseudo masks (rank 0). ``splits``: where to make pseudo masks (default
+    ``data.eval_splits``)."""
     from plda.engine.checkpoint import latest_checkpoint
     from plda.engine.distributed import barrier, init_distributed
 
     dist = dist if dist is not None else init_distributed()
     if cfg.refine.method in ("crf", "pamr"):
-        summary = {"pseudo": make_scored_pseudo_masks(cfg, cfg.refine.method, workers=workers)
+        summary = {"pseudo": make_scored_pseudo_masks(cfg, cfg.refine.method, splits,
+                                                      workers=workers)
                    if is_main_process() else {}}
         barrier()
         return summary
@@ -406,5 +408,5 @@ def refine(cfg: RunConfig, *, dist=None, workers: int | None = None) -> dict:
         if is_main_process():
             update_metrics(cfg, section, summary["train"])
     barrier()
-    summary["pseudo"] = make_masks(cfg, dist=dist)
+    summary["pseudo"] = make_masks(cfg, splits, dist=dist)
     return summary
