@@ -70,6 +70,8 @@ def test_joint_conv_is_used_only_where_meant(monkeypatch):
     joint_conv2d(nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False),
                  [torch.randn(1, 4, 8, 8)])  # grouped
     joint_conv2d(conv.double(), [x.double() for x in small])  # not fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        joint_conv2d(conv.float(), small)  # mixed precision
     assert len(calls) == 1
     monkeypatch.setattr(joint_conv, "JOINT_CONV", False)  # PLDA_JOINT_CONV=0
     joint_conv2d(conv.float(), small)

@@ -112,6 +112,8 @@ def _use_joint(conv: nn.Conv2d, inputs: Sequence[Tensor]) -> bool:
         return False
     if not all(x.device.type == "cpu" and x.dtype == torch.float32 for x in inputs):
         return False
+    if torch.is_autocast_enabled("cpu"):  # mixed precision keeps oneDNN's bf16/fp16 kernels
+        return False
     if not (conv.weight.requires_grad or any(x.requires_grad for x in inputs)):
         return False
     geometry = ConvGeometry(conv.weight, conv.stride, conv.padding, conv.dilation)
