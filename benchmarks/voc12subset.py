@@ -105,7 +105,8 @@ def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
     for split in ("train", "val"):
         res = seeds.get(split, {})
         row[f"{split}_miou_present"] = res.get("miou")
-        row[f"{split}_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED)
+        row[f"{split}_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED) \
+            if suite == "voc12subset" else None  # the 13 VOC classes mean nothing elsewhere
         row[f"{split}_iou"] = res.get("iou")
     row["loss_terms"] = _loss_terms(out / method)
     if refine != "none":
@@ -119,7 +120,8 @@ def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
         row["refine_minutes"] = (time.perf_counter() - t0) / 60.0
         res = pseudo.get(cfg.data.train_split, {})
         row["pseudo_train_miou_present"] = res.get("miou")
-        row["pseudo_train_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED)
+        row["pseudo_train_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED) \
+            if suite == "voc12subset" else None
         row["pseudo_train_iou"] = res.get("iou")
     return row
 
