@@ -59,14 +59,6 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def cfg_name(suite: str, method: str) -> str:
-    return f"synth_{method}" if suite == "synth" else f"voc12subset_{method}_effnetlite0"
-
-
-def base_overrides(out: Path, method: str, data: Path | None, suite: str) -> list[str]:
-    return [f"run_dir={out / method}"] + ([] if suite == "synth" else [f"data.root={data}"])
-
-
 def _loss_terms(run: Path) -> dict:
     """{term: [first logged value, last logged value]} from the training log."""
     path = run / "logs" / "train.jsonl"
@@ -88,8 +80,10 @@ def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
     from plda.pipeline.cams import make_cams, make_seeds
     from plda.pipeline.run import run_pipeline
 
-    cfg = load_run_config(cfg_name(suite, method),
-                          [*base_overrides(out, method, data, suite), *overrides])
+    preset = f"synth_{method}" if suite == "synth" else f"voc12subset_{method}_effnetlite0"
+    location = [f"run_dir={out / method}"] + ([] if suite == "synth" else [f"data.root={data}"])
+    refine_override = [] if refine == "none" else [f"refine.method={refine}"]
+    cfg = load_run_config(preset, [*location, *overrides, *refine_override])
     t0 = time.perf_counter()
     run_pipeline(cfg, until="train")
     train_wall = time.perf_counter() - t0
@@ -112,8 +106,6 @@ def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
     if refine != "none":
         from plda.pipeline.refine import refine as run_refine
 
-        cfg = load_run_config(cfg_name(suite, method), [*base_overrides(out, method, data, suite),
-                                                        *overrides, f"refine.method={refine}"])
         t0 = time.perf_counter()
         pseudo = run_refine(cfg, splits=[cfg.data.train_split])["pseudo"]
         row["refine"] = refine

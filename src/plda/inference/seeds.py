@@ -42,6 +42,18 @@ def crf_seed(image: np.ndarray, cam_file: Any, alpha: float, **crf_kwargs) -> np
     return crf_labels(image, probs, keys, **crf_kwargs)
 
 
+def load_image_for_cams(image_path: str | os.PathLike, cam_file: Any, cam_path: Any
+                        ) -> np.ndarray:
+    """The ``(H, W, 3) uint8`` image of a CAM file, or a ``DataError`` when the sizes differ."""
+    from plda.data.layout import load_rgb
+
+    image = np.asarray(load_rgb(image_path), dtype=np.uint8)
+    if image.shape[:2] != tuple(cam_file.image_size):
+        raise DataError(f"{cam_path}: CAM size {tuple(cam_file.image_size)} differs from image "
+                        f"{image_path} size {image.shape[:2]}")
+    return image
+
+
 def _seed_task(task: tuple) -> None:
     """Worker: read one CAM file (and image), write its seed PNG."""
     from plda.data.camfile import load_cams
@@ -53,13 +65,7 @@ def _seed_task(task: tuple) -> None:
     if alpha is None:
         label = seeds_from_cams(cam_file, threshold)
     else:
-        from plda.data.layout import load_rgb
-
-        image = np.asarray(load_rgb(image_path), dtype=np.uint8)
-        if image.shape[:2] != tuple(cam_file.image_size):
-            raise DataError(f"{cam_path}: CAM size {tuple(cam_file.image_size)} differs from image "
-                            f"{image_path} size {image.shape[:2]}")
-        label = crf_seed(image, cam_file, alpha)
+        label = crf_seed(load_image_for_cams(image_path, cam_file, cam_path), cam_file, alpha)
     save_label_png(out_path, np.asarray(label, dtype=np.uint8))
 
 

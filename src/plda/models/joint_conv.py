@@ -106,26 +106,27 @@ class _JointConv2d(torch.autograd.Function):
         return (grad_weight, None, *grad_inputs)
 
 
-def _use_joint(conv: nn.Conv2d, inputs: Sequence[Tensor]) -> bool:
+def _joint_geometry(conv: nn.Conv2d, inputs: Sequence[Tensor]) -> ConvGeometry | None:
+    """The geometry to run ``conv`` jointly over ``inputs`` with, or ``None`` to keep F.conv2d."""
     if not (JOINT_CONV and torch.is_grad_enabled() and conv.groups == 1 and conv.bias is None
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):
-        return False
+        return None
     if not all(x.device.type == "cpu" and x.dtype == torch.float32 for x in inputs):
-        return False
+        return None
     if torch.is_autocast_enabled("cpu"):  # mixed precision keeps oneDNN's bf16/fp16 kernels
-        return False
+        return None
     if not (conv.weight.requires_grad or any(x.requires_grad for x in inputs)):
-        return False
-    geometry = ConvGeometry(conv.weight, conv.stride, conv.padding, conv.dilation)
+        return None
+    geometry = ConvGeometry(conv.weight, tuple(conv.stride), tuple(conv.padding),
+                            tuple(conv.dilation))
     largest = max(geometry.out_size(*x.shape[-2:]) for x in inputs)
-    return largest[0] * largest[1] <= JOINT_CONV_MAX_PIXELS
+    return geometry if largest[0] * largest[1] <= JOINT_CONV_MAX_PIXELS else None
 
 
 def joint_conv2d(conv: nn.Conv2d, inputs: Sequence[Tensor]) -> list[Tensor]:
     """``[conv(x) for x in inputs]``, as one GEMM when that is faster (CPU fp32 training of
     bias-free, ungrouped convolutions on small maps); otherwise exactly that list."""
-    if not _use_joint(conv, inputs):
+    geometry = _joint_geometry(conv, inputs)
+    if geometry is None:
         return [conv(x) for x in inputs]
-    geometry = ConvGeometry(conv.weight, tuple(conv.stride), tuple(conv.padding),
-                            tuple(conv.dilation))
     return list(_JointConv2d.apply(conv.weight, geometry, *inputs))

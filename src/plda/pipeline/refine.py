@@ -60,16 +60,13 @@ def _pending(cfg: RunConfig, split: str, ids: list[str], out: Path
 
 def _relation_task(task: tuple) -> None:
     from plda.data.camfile import load_cams
-    from plda.data.layout import load_rgb
+    from plda.inference.seeds import load_image_for_cams
     from plda.refinement.relations import relation_labels
     from plda.vis.palette import save_label_png
 
     cam_path, image_path, out_path, fg, bg, crf = task
     cam_file = load_cams(cam_path)
-    image = np.asarray(load_rgb(image_path), dtype=np.uint8) if crf else None
-    if image is not None and image.shape[:2] != tuple(cam_file.image_size):
-        raise DataError(f"{cam_path}: CAM size {tuple(cam_file.image_size)} differs from image "
-                        f"{image_path} {image.shape[:2]}")
+    image = load_image_for_cams(image_path, cam_file, cam_path) if crf else None
     save_label_png(out_path, relation_labels(cam_file.cams, list(cam_file.keys), image,
                                              fg_threshold=fg, bg_threshold=bg))
 
@@ -106,36 +103,42 @@ def build_boundary_net(cfg: RunConfig, num_classes: int):
     return BoundaryNet(stage1.backbone, width=cfg.refine.irn.width)
 
 
-def train_boundary(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
-    """Train the boundary head on the relation labels; write ``irn/boundary.safetensors``."""
+def _train_on_labels(cfg: RunConfig, model, net, opts, label_dir: Path, out: Path,
+                     weights: str, *, resume: bool, dist) -> dict:
+    """Train a refinement network (``model`` wraps ``net``) with the shared trainer on the
+    training split's label PNGs in ``label_dir`` (``opts``: crop, scale, flip, train); write
+    ``out/weights`` (rank 0) unless interrupted; return the training summary."""
     from plda.data.datasets import SegmentationDataset
     from plda.data.transforms import SegTransform
-    from plda.engine.distributed import init_distributed
     from plda.engine.trainer import Trainer
     from plda.pipeline.common import to_dict
-    from plda.refinement.irn import IRNModel
     from plda.weights.io import save_state_dict_file
 
-    dist = dist if dist is not None else init_distributed()
-    irn = cfg.refine.irn
-    layout = load_layout(cfg, generate=False)
-    net = build_boundary_net(cfg, layout.num_classes)
-    model = IRNModel(net, radius=irn.train_radius)
-    transform = SegTransform(crop=irn.crop, scale=tuple(irn.scale), flip=irn.flip,
+    transform = SegTransform(crop=opts.crop, scale=tuple(opts.scale), flip=opts.flip,
                              mean=tuple(net.input_mean), std=tuple(net.input_std))
-    dataset = SegmentationDataset(layout, cfg.data.train_split, transform,
-                                  mask_dir=irn_dir(cfg) / "relations", seed=irn.train.seed)
-    trainer = Trainer(model, dataset, irn.train, irn_dir(cfg), dist=dist,
-                      config_dict=to_dict(cfg))
-    result = trainer.fit(resume=resume)
-    summary = {"steps": result.step, "total_steps": result.total_steps,
-               "interrupted": result.interrupted, "wall_time_s": result.wall_time_s,
-               "final": {k: v for k, v in (result.metrics or {}).items()
-                         if isinstance(v, (int, float))}}
+    dataset = SegmentationDataset(load_layout(cfg, generate=False), cfg.data.train_split,
+                                  transform, mask_dir=label_dir, seed=opts.train.seed)
+    result = Trainer(model, dataset, opts.train, out, dist=dist,
+                     config_dict=to_dict(cfg)).fit(resume=resume)
     if not result.interrupted and is_main_process():
-        save_state_dict_file(irn_dir(cfg) / BOUNDARY_WEIGHTS,
+        save_state_dict_file(out / weights,
                              {k: v.detach().cpu() for k, v in net.state_dict().items()})
-    return summary
+    return {"steps": result.step, "total_steps": result.total_steps,
+            "interrupted": result.interrupted, "wall_time_s": result.wall_time_s,
+            "final": {k: v for k, v in (result.metrics or {}).items()
+                      if isinstance(v, (int, float))}}
+
+
+def train_boundary(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
+    """Train the boundary head on the relation labels; write ``irn/boundary.safetensors``."""
+    from plda.engine.distributed import init_distributed
+    from plda.refinement.irn import IRNModel
+
+    irn = cfg.refine.irn
+    net = build_boundary_net(cfg, load_layout(cfg, generate=False).num_classes)
+    return _train_on_labels(cfg, IRNModel(net, radius=irn.train_radius), net, irn,
+                            irn_dir(cfg) / "relations", irn_dir(cfg), BOUNDARY_WEIGHTS,
+                            resume=resume, dist=dist if dist is not None else init_distributed())
 
 
 def load_boundary_net(cfg: RunConfig, num_classes: int):
@@ -167,6 +170,19 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
     return _walk_splits(cfg, splits, dist, "irn", net, make_mask)
 
 
+def _split_entry(layout, split: str, out: Path, written: int, seconds: float) -> dict:
+    """Written count and timing of one split's pseudo masks, with their scores when the
+    dataset has masks."""
+    from plda.evaluation.evaluate import evaluate_labels
+
+    entry = {"written": written, "seconds": seconds,
+             "seconds_per_image": seconds / written if written else 0.0}
+    if layout.mask_dir is not None:
+        ev = evaluate_labels(out, layout.mask_dir, layout.ids(split), layout.class_names)
+        entry.update({k: ev[k] for k in ("miou", "iou", "images")})
+    return entry
+
+
 def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask) -> dict:
     """For each split, this rank's images still to do: ``make_mask(image, cams, keys)`` on the
     normalised image and its CAM file -> pseudo-mask PNG; then scores (rank 0)."""
@@ -175,7 +191,6 @@ def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask) -> d
     from plda.data.camfile import load_cams
     from plda.data.transforms import EvalTransform
     from plda.engine.distributed import barrier
-    from plda.evaluation.evaluate import evaluate_labels
     from plda.utils.progress import progress
     from plda.vis.palette import save_label_png
 
@@ -193,14 +208,10 @@ def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask) -> d
             cams = torch.from_numpy(np.asarray(cam_file.cams, np.float32))
             save_label_png(target, make_mask(image, cams, list(cam_file.keys)).numpy())
             written += 1
-        barrier()
         seconds = time.perf_counter() - start
-        entry = {"written": written, "seconds": seconds,
-                 "seconds_per_image": seconds / written if written else 0.0}
-        if is_main_process() and layout.mask_dir is not None:
-            ev = evaluate_labels(out, layout.mask_dir, layout.ids(split), layout.class_names)
-            entry.update({k: ev[k] for k in ("miou", "iou", "images")})
-        result[split] = entry
+        barrier()
+        result[split] = _split_entry(layout, split, out, written, seconds) \
+            if is_main_process() else {"written": written, "seconds": seconds}
     if is_main_process():
         update_metrics(cfg, "pseudo", {"method": method, **result})
     return result
@@ -225,15 +236,12 @@ def _score_task(task: tuple) -> None:
     import torch
 
     from plda.data.camfile import load_cams
-    from plda.data.layout import load_rgb
+    from plda.inference.seeds import load_image_for_cams
     from plda.vis.palette import save_label_png
 
     cam_path, image_path, out_path, method, threshold = task
     cam_file = load_cams(cam_path)
-    image = np.asarray(load_rgb(image_path), dtype=np.uint8)
-    if image.shape[:2] != tuple(cam_file.image_size):
-        raise DataError(f"{cam_path}: CAM size {tuple(cam_file.image_size)} differs from image "
-                        f"{image_path} {image.shape[:2]}")
+    image = load_image_for_cams(image_path, cam_file, cam_path)
     cams = np.asarray(cam_file.cams, dtype=np.float32)
     probs = np.concatenate([np.full((1, *cams.shape[1:]), threshold, np.float32), cams])
     keys = np.asarray([0, *cam_file.keys], dtype=np.int64)
@@ -255,7 +263,6 @@ def make_scored_pseudo_masks(cfg: RunConfig, method: str, splits=None, *,
     """``crf`` / ``pamr`` pseudo masks of each split (finished files kept), scored (rank 0)."""
     import os
 
-    from plda.evaluation.evaluate import evaluate_labels
     from plda.refinement.crf import map_in_workers, require_pydensecrf
 
     if method == "crf":
@@ -271,13 +278,7 @@ def make_scored_pseudo_masks(cfg: RunConfig, method: str, splits=None, *,
         start = time.perf_counter()
         n = workers if workers is not None else (os.cpu_count() or 1) if method == "crf" else 1
         map_in_workers(_score_task, tasks, n, desc=f"pseudo masks {method} {split}")
-        seconds = time.perf_counter() - start
-        entry = {"written": len(tasks), "seconds": seconds,
-                 "seconds_per_image": seconds / len(tasks) if tasks else 0.0}
-        if layout.mask_dir is not None:
-            ev = evaluate_labels(out, layout.mask_dir, ids, layout.class_names)
-            entry.update({k: ev[k] for k in ("miou", "iou", "images")})
-        result[split] = entry
+        result[split] = _split_entry(layout, split, out, len(tasks), time.perf_counter() - start)
     update_metrics(cfg, "pseudo", result)
     return result
 
@@ -326,30 +327,14 @@ def _build_affinity_net(cfg: RunConfig, num_classes: int):
 
 def train_affinity(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
     """Train AffinityNet (backbone from the stage-1 run) on the affinity labels."""
-    from plda.data.datasets import SegmentationDataset
-    from plda.data.transforms import SegTransform
     from plda.engine.distributed import init_distributed
-    from plda.engine.trainer import Trainer
-    from plda.pipeline.common import to_dict
     from plda.refinement.affinitynet import AffinityNetModel
-    from plda.weights.io import save_state_dict_file
 
-    dist = dist if dist is not None else init_distributed()
     aff = cfg.refine.affinity
-    layout = load_layout(cfg, generate=False)
-    net = _build_affinity_net(cfg, layout.num_classes)
-    transform = SegTransform(crop=aff.crop, scale=tuple(aff.scale), flip=aff.flip,
-                             mean=tuple(net.input_mean), std=tuple(net.input_std))
-    dataset = SegmentationDataset(layout, cfg.data.train_split, transform,
-                                  mask_dir=affinity_dir(cfg) / "labels", seed=aff.train.seed)
-    trainer = Trainer(AffinityNetModel(net, radius=aff.radius), dataset, aff.train,
-                      affinity_dir(cfg), dist=dist, config_dict=to_dict(cfg))
-    result = trainer.fit(resume=resume)
-    if not result.interrupted and is_main_process():
-        save_state_dict_file(affinity_dir(cfg) / AFFINITY_WEIGHTS,
-                             {k: v.detach().cpu() for k, v in net.state_dict().items()})
-    return {"steps": result.step, "total_steps": result.total_steps,
-            "interrupted": result.interrupted, "wall_time_s": result.wall_time_s}
+    net = _build_affinity_net(cfg, load_layout(cfg, generate=False).num_classes)
+    return _train_on_labels(cfg, AffinityNetModel(net, radius=aff.radius), net, aff,
+                            affinity_dir(cfg) / "labels", affinity_dir(cfg), AFFINITY_WEIGHTS,
+                            resume=resume, dist=dist if dist is not None else init_distributed())
 
 
 def make_affinity_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:

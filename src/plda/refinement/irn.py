@@ -19,9 +19,6 @@ from torch import Tensor, nn
 from plda.refinement.affinity import (affinity_loss, boundary_to_affinity, displacements,
                                       pair_labels, propagate_cams)
 
-IGNORE = 255
-
-
 def boundary_levels(backbone: nn.Module) -> list[str]:
     """Every level at output stride >= 4, shallow to deep (IRN uses all five ResNet stages)."""
     levels = [n for n in backbone.level_names if backbone.strides[n] >= 4]
