@@ -166,6 +166,67 @@ class RefineConfig:
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
 
+def _seg_train() -> TrainConfig:
+    # The reference DeepLab recipe: lr 1e-3 (heads 10x / 20x), momentum 0.9, weight decay 5e-4,
+    # poly 0.9, batch 10, 20k iterations. Plain SGD momentum: the reference's segmentation code
+    # has no positional-argument slip.
+    return TrainConfig(lr=1e-3, momentum=0.9, weight_decay=5e-4, iterations=20000,
+                       batch_size=10, checkpoint_every=1000, log_every=50)
+
+
+@dataclass
+class SegModelConfig:
+    """The stage-2 segmentation network (``plda.segmentation.models``)."""
+
+    # deeplab_v2: ASPP (rates 6/12/18/24) on ResNet-101; deeplab_v1_largefov: the LargeFOV head
+    # (3x3 dilation 12, fc7 1x1, fc8) on ResNet-38, as SEAM's segmentation code; deeplab_lite:
+    # a light ASPP head for CPU work (EfficientNet-Lite0); deeplab_v3plus: ASPP + decoder.
+    arch: Literal["deeplab_v2", "deeplab_v1_largefov", "deeplab_lite",
+                  "deeplab_v3plus"] = "deeplab_v2"
+    backbone: Literal["resnet38", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet101"
+    # As ``model.pretrained``: a file, "imagenet", "torchvision[:WEIGHTS]" or null.
+    pretrained: Optional[str] = None
+    output_stride: int = 8
+    frozen_bn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.output_stride not in (8, 16):
+            raise ConfigError(f"seg.model.output_stride={self.output_stride!r}: expected 8 or 16")
+
+
+@dataclass
+class SegConfig:
+    """Stage 2: DeepLab trained on pseudo masks, evaluated multi-scale (reference §3)."""
+
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    # Training masks: ``<mask_dir>/<id>.png`` (255 = ignore). Relative paths are inside the run
+    # folder; the default is the refine stage's pseudo masks of the training split.
+    mask_dir: str = "pseudo/train"
+    train_split: str = "train"
+    crop: int = 448
+    scale: tuple[float, float] = (0.5, 1.5)
+    flip: bool = True
+    train: TrainConfig = field(default_factory=_seg_train)
+    # Evaluation / prediction: scales x flip, optional dense CRF on the averaged probabilities.
+    eval_splits: tuple[str, ...] = ("val",)
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    eval_flip: bool = True
+    crf: bool = False
+    amp: Literal["none", "bf16", "fp16"] = "none"
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(self.scale)
+        self.scales = tuple(self.scales)
+        self.eval_splits = tuple(self.eval_splits)
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"seg.scale={list(self.scale)!r}: expected [low, high] with "
+                              "0 < low <= high")
+        if not self.scales or min(self.scales) <= 0:
+            raise ConfigError(f"seg.scales={list(self.scales)!r}: expected positive scales")
+        if self.crop <= 0:
+            raise ConfigError(f"seg.crop={self.crop!r}: expected a positive crop size")
+
+
 @dataclass
 class RunConfig:
     """Everything one run of the pipeline needs; written resolved to ``<run_dir>/config.yaml``."""
@@ -179,3 +240,4 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
