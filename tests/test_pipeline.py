@@ -26,7 +26,7 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, method):
     from plda.pipeline.run import format_metrics, run_pipeline
 
     cfg = load_run_config(f"synth_{method}", [*TINY, f"run_dir={tmp_path / 'run'}"])
-    metrics = run_pipeline(cfg)
+    metrics = run_pipeline(cfg, until="seeds")
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "stage1.safetensors").is_file()
     assert load_run_config(run / "config.yaml") == cfg  # the resolved config round-trips
@@ -43,12 +43,13 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, method):
         assert 0.0 <= metrics["seeds"][split]["miou"] <= 100.0
     assert metrics["seeds"]["bg_threshold"] in (0.1, 0.2, 0.3, 0.4)
     assert [p["threshold"] for p in metrics["seeds"]["sweep"]["curve"]] == [0.1, 0.2, 0.3, 0.4]
-    assert "seed mIoU" in format_metrics(metrics)
+    table = format_metrics(metrics)
+    assert "seeds" in table and f"{metrics['seeds']['val']['miou']:.1f}" in table
 
     # Re-run: training and CAMs are skipped (files untouched), results identical.
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")}
     weights_stamp = (run / "stage1.safetensors").stat().st_mtime_ns
-    again = run_pipeline(cfg)
+    again = run_pipeline(cfg, until="seeds")
     assert again["seeds"] == metrics["seeds"]
     assert (run / "stage1.safetensors").stat().st_mtime_ns == weights_stamp
     assert {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")} == stamps
@@ -100,7 +101,7 @@ def test_refine_irn_end_to_end_resumes_and_scores(tmp_path):
                                         "refine.irn.train.log_every=1",
                                         "refine.irn.train.num_workers=0",
                                         "refine.irn.train_radius=4", "refine.irn.exp_times=4"])
-    run_pipeline(cfg)
+    run_pipeline(cfg, until="seeds")
     summary = refine(cfg, workers=1)
     relations = sorted((run / "irn" / "relations").glob("*.png"))
     assert len(relations) == 8
@@ -134,7 +135,7 @@ def test_refine_with_crf_or_pamr_writes_scored_pseudo_masks(tmp_path, method):
         pytest.importorskip("pydensecrf.densecrf")
     run = tmp_path / "run"
     cfg = load_run_config("synth_cam", [*TINY, f"run_dir={run}", f"refine.method={method}"])
-    run_pipeline(cfg)
+    run_pipeline(cfg, until="seeds")
     summary = refine(cfg, workers=1)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["pseudo"]["method"] == method
@@ -163,7 +164,7 @@ def test_refine_affinity_end_to_end(tmp_path):
                                         "refine.affinity.train.epochs=1",
                                         "refine.affinity.train.batch_size=4",
                                         "refine.affinity.train.num_workers=0"])
-    run_pipeline(cfg)
+    run_pipeline(cfg, until="seeds")
     summary = refine(cfg, workers=1)
     labels = sorted((run / "affinity" / "labels").glob("*.png"))
     assert len(labels) == 8

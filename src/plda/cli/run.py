@@ -6,25 +6,40 @@ import argparse
 
 from plda.cli._common import add_config_arguments, resolve_config
 
+_STAGES = "data, train, cam, seeds, refine, seg_train, seg_eval, report"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "run", help="run the pipeline (train -> cam -> seeds), skipping finished stages",
-        description="Run the pipeline stages of a config in its run folder. With no CONFIG it "
-        "generates the built-in synthetic dataset and runs on it. Finished stages are skipped; "
-        "an interrupted stage resumes.")
+        "run", help="run the whole pipeline, skipping stages whose outputs are current",
+        description="Run the pipeline stages of a config in its run folder: " + _STAGES + ". "
+        "With no CONFIG it generates the built-in synthetic dataset and runs the whole chain on "
+        "it. A stage whose settings and inputs are unchanged since it finished is skipped; an "
+        "interrupted stage resumes; a stage whose settings changed runs again (its old outputs "
+        "are removed), and so do the stages after it. --dry-run shows what would happen.")
     add_config_arguments(p)
     p.add_argument("--from", dest="start", default=None, metavar="STAGE",
-                   help="first stage (train, cam, seeds)")
+                   help=f"first stage ({_STAGES})")
     p.add_argument("--until", default=None, metavar="STAGE", help="last stage")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each stage's action (skip / resume / rerun / run) and stop")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from plda.pipeline.run import format_metrics, run_pipeline
+    from pathlib import Path
+
+    from plda.pipeline.run import stage_range, format_metrics, plan, run_pipeline
 
     cfg = resolve_config(args)
+    if args.dry_run:
+        for stage, action in plan(cfg, stage_range(args.start, args.until)).items():
+            print(f"{stage:10s} {action}")
+        return 0
     metrics = run_pipeline(cfg, start=args.start, until=args.until)
     print(format_metrics(metrics))
+    report = Path(cfg.run_dir) / "report.html"
     print(f"run folder: {cfg.run_dir}")
+    if report.is_file():
+        print(f"report: {report.resolve()}")
     return 0

@@ -8,9 +8,11 @@ sample looks the same whatever the number of ranks or loader workers.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +29,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU RNG seeded by ``seed``, restoring the outer state after.
+
+    Wrap model construction in it: new layers are then initialised the same way in every run
+    of a config (two runs, or a run and its resumed continuation, start from equal weights)
+    without disturbing the RNG stream of whatever comes next."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def configure_determinism(deterministic: bool) -> dict[str, Any]:

@@ -68,13 +68,16 @@ def load_layout(cfg: RunConfig, generate: bool = True):
 def build_stage1_model(cfg: RunConfig, num_classes: int, pretrained: bool = True):
     """Backbone + method head as configured; ``pretrained=False`` skips loading ImageNet
     weights (used when a trained checkpoint is loaded right after)."""
+    from plda.engine.seed import seeded
     from plda.methods import build_method
     from plda.models.backbones import build_backbone
 
-    backbone = build_backbone(cfg.model.backbone,
-                              pretrained=cfg.model.pretrained if pretrained else None,
-                              output_stride=cfg.model.output_stride, frozen_bn=cfg.model.frozen_bn)
-    return build_method(cfg.method, backbone, num_classes)
+    with seeded(cfg.train.seed):  # the same initial weights in every run of this config
+        backbone = build_backbone(cfg.model.backbone,
+                                  pretrained=cfg.model.pretrained if pretrained else None,
+                                  output_stride=cfg.model.output_stride,
+                                  frozen_bn=cfg.model.frozen_bn)
+        return build_method(cfg.method, backbone, num_classes)
 
 
 def load_stage1_model(cfg: RunConfig, num_classes: int, weights: str | Path | None = None):

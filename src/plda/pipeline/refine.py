@@ -100,7 +100,10 @@ def build_boundary_net(cfg: RunConfig, num_classes: int):
     from plda.refinement.irn import BoundaryNet
 
     stage1 = load_stage1_model(cfg, num_classes)
-    return BoundaryNet(stage1.backbone, width=cfg.refine.irn.width)
+    from plda.engine.seed import seeded
+
+    with seeded(cfg.refine.irn.train.seed):
+        return BoundaryNet(stage1.backbone, width=cfg.refine.irn.width)
 
 
 def _train_on_labels(cfg: RunConfig, model, net, opts, label_dir: Path, out: Path,
@@ -322,7 +325,11 @@ def _build_affinity_net(cfg: RunConfig, num_classes: int):
     from plda.pipeline.common import load_stage1_model
     from plda.refinement.affinitynet import AffinityNet
 
-    return AffinityNet(load_stage1_model(cfg, num_classes).backbone)
+    from plda.engine.seed import seeded
+
+    backbone = load_stage1_model(cfg, num_classes).backbone
+    with seeded(cfg.refine.affinity.train.seed):
+        return AffinityNet(backbone)
 
 
 def train_affinity(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:

@@ -1,72 +1,394 @@
-"""``plda run``: the pipeline stages in order, each skipped when its outputs are complete.
+"""``plda run``: every pipeline stage in order, each cached by the config it depends on.
 
-Stages so far: ``train`` (stage-1 classifier) → ``cam`` (multi-scale CAMs) → ``seeds``
-(background-threshold sweep, seed label maps, seed mIoU). A stage that was interrupted
-resumes: training from its last checkpoint, CAMs and seeds from the files already written.
+Stages: ``data`` (generate the synthetic set, or check the dataset folder) → ``train``
+(stage-1 classifier) → ``cam`` (multi-scale CAMs) → ``seeds`` (background-threshold sweep,
+seed label maps) → ``refine`` (pseudo masks) → ``seg_train`` (DeepLab on the pseudo masks) →
+``seg_eval`` (multi-scale segmentation of the evaluation splits, scored) → ``report``
+(``report.html``).
+
+Caching. A stage's *fingerprint* is a digest of the config keys that change its outputs (not
+of bookkeeping such as ``num_workers`` or ``log_every``) and of the fingerprint of the stage
+before it, so a change reaches every later stage and no earlier one. ``<run_dir>/stages.json``
+records, per stage, the fingerprint it was started with and whether it finished:
+
+- finished with the same fingerprint and its outputs present → skipped;
+- started with the same fingerprint but not finished (killed, Ctrl-C) → resumed: training from
+  its last checkpoint, per-image steps from the files already written;
+- recorded with another fingerprint → its outputs are removed (they belong to the old config)
+  and the stage runs again.
+
+Per-stage wall time goes to ``metrics.json`` (section ``pipeline``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
 
 from plda.config.schema import RunConfig
-from plda.pipeline.common import STAGE1_WEIGHTS, run_dir
+from plda.errors import ConfigError
+from plda.pipeline.common import STAGE1_WEIGHTS, run_dir, update_metrics
 from plda.utils.dist import is_main_process
 
-STAGES = ("train", "cam", "seeds")
+STAGES = ("data", "train", "cam", "seeds", "refine", "seg_train", "seg_eval", "report")
+STAGES_FILE = "stages.json"
+# Settings that change how a stage runs but not what it produces.
+_BOOKKEEPING = {"num_workers", "log_every", "checkpoint_every", "keep_checkpoints", "vis_every",
+                "find_unused_parameters", "step_in_backward"}
 
 
-def _stage_range(start: str | None, until: str | None) -> list[str]:
-    from plda.errors import ConfigError
+def _train_settings(train) -> dict:
+    return {k: v for k, v in asdict(train).items() if k not in _BOOKKEEPING}
 
+
+def _refine_settings(cfg: RunConfig) -> dict:
+    method = cfg.refine.method
+    settings: dict[str, Any] = {"method": method}
+    section = getattr(cfg.refine, method, None)
+    if section is not None:
+        values = asdict(section)
+        if "train" in values:
+            values["train"] = _train_settings(section.train)
+        settings[method] = values
+    return settings
+
+
+def stage_settings(cfg: RunConfig, stage: str) -> dict:
+    """The config values the outputs of ``stage`` depend on (besides earlier stages)."""
+    d = cfg.data
+    if stage == "data":
+        return {"root": d.root, "synth": asdict(d.synth) if d.root == "synth" else None}
+    if stage == "train":
+        return {"split": d.train_split, "resize_long": list(d.resize_long), "crop": d.crop,
+                "flip": d.flip, "color_jitter": list(d.color_jitter),
+                "model": asdict(cfg.model), "method": asdict(cfg.method),
+                "train": _train_settings(cfg.train)}
+    if stage == "cam":
+        c = cfg.cam
+        return {"splits": cam_splits(cfg), "scales": list(c.scales), "flip": c.flip,
+                "amp": c.amp, "label_source": c.label_source,
+                "score_threshold": c.score_threshold}
+    if stage == "seeds":
+        c = cfg.cam
+        return {"bg_threshold": c.bg_threshold, "sweep": list(c.sweep),
+                "sweep_split": c.sweep_split}
+    if stage == "refine":
+        return _refine_settings(cfg)
+    if stage == "seg_train":
+        s = cfg.seg
+        return {"model": asdict(s.model), "mask_dir": s.mask_dir, "split": s.train_split,
+                "crop": s.crop, "scale": list(s.scale), "flip": s.flip,
+                "train": _train_settings(s.train)}
+    if stage == "seg_eval":
+        s = cfg.seg
+        return {"splits": list(s.eval_splits), "scales": list(s.scales), "flip": s.eval_flip,
+                "crf": s.crf, "amp": s.amp}
+    if stage == "report":
+        return {}
+    raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+
+
+def cam_splits(cfg: RunConfig) -> list[str]:
+    """Splits that need CAMs: the evaluation splits, the training split when IRN or AffinityNet
+    learn from its CAMs, and the split DeepLab trains on (its pseudo masks come from CAMs)."""
+    splits = [*cfg.data.eval_splits]
+    if cfg.refine.method in ("irn", "affinity"):
+        splits.append(cfg.data.train_split)
+    splits.append(cfg.seg.train_split)
+    return list(dict.fromkeys(splits))
+
+
+def fingerprints(cfg: RunConfig) -> dict[str, str]:
+    """Each stage's fingerprint: its own settings chained with the previous stage's."""
+    out, previous = {}, ""
+    for stage in STAGES:
+        blob = json.dumps({"stage": stage, "settings": stage_settings(cfg, stage),
+                           "after": previous}, sort_keys=True, default=str)
+        previous = out[stage] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return out
+
+
+# Outputs of each stage inside the run folder: removed when the stage's settings change.
+STAGE_OUTPUTS = {
+    "data": (),  # a generated synthetic set checks its own parameters (common.dataset_root)
+    "train": ("checkpoints", "logs", "vis", STAGE1_WEIGHTS, "train_config.json"),
+    "cam": ("cams",),
+    "seeds": ("seeds",),
+    "refine": ("irn", "affinity", "pseudo"),
+    "seg_train": ("deeplab",),
+    "seg_eval": ("seg",),
+    "report": ("report.html",),
+}
+# metrics.json sections each stage writes (dropped with its outputs).
+STAGE_METRICS = {"train": ("train",), "seeds": ("seeds",),
+                 "refine": ("pseudo", "irn_train", "affinity_train"),
+                 "seg_train": ("seg_train",), "seg_eval": ("seg",)}
+
+
+def stage_range(start: str | None, until: str | None) -> list[str]:
     for name in (start, until):
         if name is not None and name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     lo = STAGES.index(start) if start else 0
     hi = STAGES.index(until) if until else len(STAGES) - 1
+    if lo > hi:
+        raise ConfigError(f"--from {start} comes after --until {until}; stages run in the "
+                          f"order {', '.join(STAGES)}")
     return list(STAGES[lo:hi + 1])
 
 
-def run_pipeline(cfg: RunConfig, *, start: str | None = None, until: str | None = None) -> dict:
-    """Run the stages of ``cfg`` from ``start`` to ``until`` (inclusive); return metrics.json."""
-    from plda.engine.distributed import init_distributed
+def read_stage_records(out: Path) -> dict[str, dict]:
+    path = out / STAGES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # a record we cannot read means "unknown": stages resume from their files
+    return data if isinstance(data, dict) else {}
+
+
+def _write_records(out: Path, records: dict) -> None:
+    from plda.utils.io import atomic_write_json
+
+    if is_main_process():
+        atomic_write_json(out / STAGES_FILE, records)
+
+
+def _remove_outputs(cfg: RunConfig, stage: str) -> list[str]:
+    """Delete ``stage``'s outputs and metrics (rank 0); return what was removed."""
+    out = run_dir(cfg)
+    removed = []
+    for name in STAGE_OUTPUTS[stage]:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(name + "/")
+        elif path.exists():
+            path.unlink()
+            removed.append(name)
+    metrics_path = out / "metrics.json"
+    sections = STAGE_METRICS.get(stage, ())
+    if sections and metrics_path.is_file():
+        try:
+            data = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            data = {}
+        if any(s in data for s in sections):
+            from plda.utils.io import atomic_write_json
+
+            atomic_write_json(metrics_path, {k: v for k, v in data.items() if k not in sections})
+    return removed
+
+
+def _outputs_present(cfg: RunConfig, stage: str) -> bool:
+    """Whether the file or folder that marks ``stage`` as finished is still there (a user may
+    have deleted it by hand)."""
+    out = run_dir(cfg)
+    if stage == "seg_train":
+        from plda.pipeline.segment import SEG_DIR, SEG_WEIGHTS
+
+        return (out / SEG_DIR / SEG_WEIGHTS).is_file()
+    marker = {"train": STAGE1_WEIGHTS, "cam": "cams", "seeds": "seeds", "refine": "pseudo",
+              "seg_eval": "seg", "report": "report.html"}.get(stage)
+    return marker is None or (out / marker).exists()
+
+
+# ---------------------------------------------------------------------------------- stages
+
+def _run_data(cfg: RunConfig, dist) -> None:
+    from plda.pipeline.common import load_layout
+
+    layout = load_layout(cfg)
+    for split in {cfg.data.train_split, *cfg.data.eval_splits}:
+        layout.ids(split)  # a missing or malformed list file fails here, not hours later
+
+
+def _run_train(cfg: RunConfig, dist) -> None:
     from plda.engine.checkpoint import latest_checkpoint
-    from plda.pipeline.cams import make_cams, make_seeds
     from plda.pipeline.stage1 import train_stage1
+
+    resume = latest_checkpoint(run_dir(cfg) / "checkpoints") is not None
+    if train_stage1(cfg, resume=resume, dist=dist)["interrupted"]:
+        raise KeyboardInterrupt
+
+
+def _run_cam(cfg: RunConfig, dist) -> None:
+    from plda.pipeline.cams import make_cams
+
+    make_cams(cfg, cam_splits(cfg), dist=dist)
+
+
+def _run_seeds(cfg: RunConfig, dist) -> None:
+    from plda.engine.distributed import barrier
+    from plda.pipeline.cams import make_seeds
+
+    if is_main_process():
+        make_seeds(cfg)
+    barrier()
+
+
+def _run_refine(cfg: RunConfig, dist) -> None:
+    from plda.pipeline.refine import refine
+
+    splits = list(dict.fromkeys([cfg.seg.train_split, *cfg.data.eval_splits]))
+    refine(cfg, splits=splits, dist=dist)
+
+
+def _run_seg_train(cfg: RunConfig, dist) -> None:
+    from plda.engine.checkpoint import latest_checkpoint
+    from plda.pipeline.segment import seg_dir, train_segmentation
+
+    resume = latest_checkpoint(seg_dir(cfg) / "checkpoints") is not None
+    if train_segmentation(cfg, resume=resume, dist=dist)["interrupted"]:
+        raise KeyboardInterrupt
+
+
+def _run_seg_eval(cfg: RunConfig, dist) -> None:
+    from plda.pipeline.segment_eval import evaluate_segmentation
+
+    evaluate_segmentation(cfg, dist=dist)
+
+
+def _run_report(cfg: RunConfig, dist) -> None:
+    from plda.engine.distributed import barrier
+    from plda.report import write_report
+
+    if is_main_process():
+        write_report(run_dir(cfg))
+    barrier()
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunConfig, Any], None]] = {
+    "data": _run_data, "train": _run_train, "cam": _run_cam, "seeds": _run_seeds,
+    "refine": _run_refine, "seg_train": _run_seg_train, "seg_eval": _run_seg_eval,
+    "report": _run_report,
+}
+
+
+def plan(cfg: RunConfig, stages: list[str] | None = None) -> dict[str, str]:
+    """What ``run_pipeline`` would do with each stage: ``skip``, ``resume``, ``rerun``
+    (settings changed: outputs removed first) or ``run``."""
+    out = run_dir(cfg)
+    records = read_stage_records(out)
+    prints = fingerprints(cfg)
+    actions = {}
+    for stage in stages or STAGES:
+        rec = records.get(stage)
+        if rec is None:
+            actions[stage] = "run"
+        elif rec.get("fingerprint") != prints[stage]:
+            actions[stage] = "rerun"
+        elif rec.get("done") and _outputs_present(cfg, stage):
+            actions[stage] = "skip"
+        else:
+            actions[stage] = "resume"
+    return actions
+
+
+def run_pipeline(cfg: RunConfig, *, start: str | None = None, until: str | None = None,
+                 log: Callable[[str], None] | None = None) -> dict:
+    """Run the stages of ``cfg`` from ``start`` to ``until`` (inclusive), skipping those whose
+    outputs are current; return ``metrics.json``. Under torchrun every rank calls it.
+
+    The report stage is re-written whenever any earlier stage ran in this call (it is cheap and
+    shows them all)."""
+    from plda.engine.distributed import barrier, broadcast_object, init_distributed
+    from plda.pipeline.common import write_run_config
 
     dist = init_distributed()
     out = run_dir(cfg)
-    timings = {}
-    for stage in _stage_range(start, until):
+    stages = stage_range(start, until)
+    say = log if log is not None else (print if is_main_process() else (lambda _: None))
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_config(cfg)
+    actions = broadcast_object(plan(cfg, stages) if is_main_process() else None)
+    prints = fingerprints(cfg)
+    records = read_stage_records(out) if is_main_process() else {}
+    timings: dict[str, float] = {}
+    ran_any = False
+    for stage in stages:
+        action = actions[stage]
+        if stage == "report" and action == "skip" and ran_any:
+            action = "run"
+        if action == "skip":
+            say(f"[{stage}] up to date, skipped")
+            continue
+        if action == "rerun" and is_main_process():
+            removed = _remove_outputs(cfg, stage)
+            say(f"[{stage}] settings changed since the last run: removed "
+                f"{', '.join(removed) or 'nothing'}; running again")
+        else:
+            say(f"[{stage}] {'resuming' if action == 'resume' else 'running'}")
+        barrier()
+        if is_main_process():
+            records[stage] = {"fingerprint": prints[stage], "done": False,
+                              "settings": stage_settings(cfg, stage)}
+            # A stage that runs again makes the records of the later ones meaningless.
+            for later in STAGES[STAGES.index(stage) + 1:]:
+                if later in records and records[later].get("fingerprint") != prints[later]:
+                    records[later]["done"] = False
+            _write_records(out, records)
         t0 = time.perf_counter()
-        if stage == "train":
-            if (out / STAGE1_WEIGHTS).is_file():
-                continue
-            resume = latest_checkpoint(out / "checkpoints") is not None
-            summary = train_stage1(cfg, resume=resume, dist=dist)
-            if summary["interrupted"]:
-                raise KeyboardInterrupt
-        elif stage == "cam":
-            make_cams(cfg, dist=dist)
-        elif stage == "seeds" and is_main_process():
-            make_seeds(cfg)
-        timings[stage] = time.perf_counter() - t0
+        STAGE_FUNCTIONS[stage](cfg, dist)
+        timings[stage] = round(time.perf_counter() - t0, 3)
+        ran_any = True
+        if is_main_process():
+            records[stage].update(done=True, seconds=timings[stage],
+                                  finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            _write_records(out, records)
+            say(f"[{stage}] done in {timings[stage]:.1f} s")
+        barrier()
+    if is_main_process() and timings:
+        path = out / "metrics.json"
+        previous = {}
+        if path.is_file():
+            try:
+                previous = json.loads(path.read_text()).get("pipeline", {})
+            except json.JSONDecodeError:
+                previous = {}
+        update_metrics(cfg, "pipeline", {**previous, **timings})
     path = out / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _fmt(value, spec: str = "6.1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def format_metrics(metrics: dict) -> str:
-    """The seed mIoU per split, the threshold and the training summary, as a small table."""
+    """mIoU of every scored stage per split, the threshold and the timings, as a table."""
     lines = []
     train = metrics.get("train")
     if train:
         lines.append(f"stage-1 training: {train['steps']} steps, {train['wall_time_s']:.0f} s")
     seeds = metrics.get("seeds")
-    if seeds:
+    if seeds and "bg_threshold" in seeds:
         lines.append(f"background threshold: {seeds['bg_threshold']:.2f}")
-        lines.append(f"{'split':10s} {'seed mIoU':>10s} {'images':>7s}")
-        for split, res in seeds.items():
-            if isinstance(res, dict) and "miou" in res:
-                lines.append(f"{split:10s} {res['miou']:10.1f} {res['images']:7d}")
+    rows = [("seeds", metrics.get("seeds")), ("pseudo masks", metrics.get("pseudo")),
+            ("segmentation", metrics.get("seg"))]
+    splits: list[str] = []
+    for _, section in rows:
+        for split, res in (section or {}).items():
+            if isinstance(res, dict) and "miou" in res and split not in splits:
+                splits.append(split)
+    if splits:
+        lines.append(f"{'mIoU (%)':14s} " + " ".join(f"{s:>8s}" for s in splits))
+        for name, section in rows:
+            if not section:
+                continue
+            cells = []
+            for split in splits:
+                res = section.get(split)
+                cells.append(_fmt(res.get("miou") if isinstance(res, dict) else None, "8.1f"))
+            lines.append(f"{name:14s} " + " ".join(cells))
+    timing = metrics.get("pipeline")
+    if timing:
+        lines.append("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()))
     return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""``plda run`` caching: stages skipped when current, re-run (alone with their followers) when
+their settings change, resumed after a kill with the result of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plda.config import load_run_config
+
+TINY = ["data.synth.n_train=8", "data.synth.n_val=4", "data.synth.size=64",
+        "data.synth.num_classes=3", "data.resize_long=[56,72]", "data.crop=64",
+        "model.pretrained=null", "model.output_stride=16", "train.epochs=1", "train.batch_size=4",
+        "train.log_every=1", "train.checkpoint_every=1", "cam.scales=[1.0]",
+        "cam.sweep=[0.1,0.5,0.1]", "train.deterministic=true"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _cfg(run: Path, *extra: str):
+    return load_run_config("synth_cam", [*TINY, f"run_dir={run}", *extra])
+
+
+def test_fingerprints_chain_and_ignore_bookkeeping(tmp_path):
+    from plda.pipeline.run import STAGES, fingerprints
+
+    base = fingerprints(_cfg(tmp_path))
+    assert list(base) == list(STAGES) and len(set(base.values())) == len(STAGES)
+    # Bookkeeping settings change nothing.
+    same = fingerprints(_cfg(tmp_path, "train.log_every=7", "train.num_workers=3",
+                             "seg.train.checkpoint_every=5", "run_dir=/elsewhere"))
+    assert same == base
+    # A CAM setting changes cam and every later stage, nothing before it.
+    flip = fingerprints(_cfg(tmp_path, "cam.flip=false"))
+    changed = [s for s in STAGES if flip[s] != base[s]]
+    assert changed == list(STAGES[STAGES.index("cam"):])
+    # A segmentation evaluation setting changes only seg_eval and report.
+    crf = fingerprints(_cfg(tmp_path, "seg.scales=[1.0,0.5]"))
+    assert [s for s in STAGES if crf[s] != base[s]] == ["seg_eval", "report"]
+    # The refinement settings that count are those of the chosen method.
+    other = fingerprints(_cfg(tmp_path, "refine.affinity.beta=4"))
+    assert other["refine"] == base["refine"]
+    assert fingerprints(_cfg(tmp_path, "refine.irn.beta=4"))["refine"] != base["refine"]
+
+
+def test_stage_range_errors(tmp_path):
+    from plda.errors import ConfigError
+    from plda.pipeline.run import stage_range
+
+    assert stage_range("cam", "seeds") == ["cam", "seeds"]
+    with pytest.raises(ConfigError, match="unknown stage 'sed'"):
+        stage_range(None, "sed")
+    with pytest.raises(ConfigError, match="--from seeds comes after --until cam"):
+        stage_range("seeds", "cam")
+
+
+@pytest.mark.slow
+def test_rerun_skips_and_changed_option_reruns_only_affected_stages(tmp_path):
+    from plda.pipeline.run import plan, read_stage_records, run_pipeline
+
+    run = tmp_path / "run"
+    cfg = _cfg(run)
+    assert set(plan(cfg, ["data", "train", "cam", "seeds"]).values()) == {"run"}
+    first = run_pipeline(cfg, until="seeds", log=lambda _: None)
+    records = read_stage_records(run)
+    assert all(records[s]["done"] for s in ("data", "train", "cam", "seeds"))
+    assert set(first["pipeline"]) == {"data", "train", "cam", "seeds"}
+    weights = (run / "stage1.safetensors").stat().st_mtime_ns
+    cams = {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")}
+
+    # Same config (bookkeeping changed only): everything skipped, files untouched.
+    same = _cfg(run, "train.log_every=5")
+    assert set(plan(same, ["data", "train", "cam", "seeds"]).values()) == {"skip"}
+    messages: list[str] = []
+    again = run_pipeline(same, until="seeds", log=messages.append)
+    assert again["seeds"] == first["seeds"]
+    assert all("skipped" in m for m in messages)
+    assert (run / "stage1.safetensors").stat().st_mtime_ns == weights
+    assert {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")} == cams
+
+    # A CAM option: training skipped, CAMs and seeds computed again.
+    changed = _cfg(run, "cam.flip=false")
+    assert plan(changed, ["data", "train", "cam", "seeds"]) == {
+        "data": "skip", "train": "skip", "cam": "rerun", "seeds": "rerun"}
+    messages.clear()
+    run_pipeline(changed, until="seeds", log=messages.append)
+    assert any(m.startswith("[cam] settings changed") for m in messages)
+    assert (run / "stage1.safetensors").stat().st_mtime_ns == weights
+    assert all(p.stat().st_mtime_ns != t for p, t in cams.items())
+    assert read_stage_records(run)["cam"]["settings"]["flip"] is False
+
+    # A deleted output is noticed: the stage runs again even though its record says done.
+    for p in (run / "seeds").rglob("*.png"):
+        p.unlink()
+    (run / "seeds" / "train").rmdir()
+    (run / "seeds" / "val").rmdir()
+    (run / "seeds").rmdir()
+    assert plan(changed, ["seeds"]) == {"seeds": "resume"}
+
+
+def _run_cli(run: Path, extra: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PLDA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.Popen([sys.executable, "-m", "plda", "run", "synth_cam", *TINY,
+                             f"run_dir={run}", "train.epochs=3", *extra, "--until", "seeds"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
+def _wait_for(path_glob, run: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any(run.glob(path_glob)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"plda run ended before {path_glob}: {proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {path_glob}")
+
+
+@pytest.mark.slow
+def test_run_killed_mid_stage_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL in the middle of stage-1 training and again in the middle of the CAM stage;
+    the re-run resumes each and ends with the same weights, CAMs and seed scores."""
+    from plda.data.camfile import load_cams
+    from plda.pipeline.run import read_stage_records
+    from plda.weights.io import load_state_dict_file
+
+    clean = tmp_path / "clean"
+    proc = _run_cli(clean, [])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+
+    killed = tmp_path / "killed"
+    # Kill 1: once the first training checkpoint exists (training is 6 steps long).
+    proc = _run_cli(killed, [])
+    _wait_for("checkpoints/step_00000002.pt", killed, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "stage1.safetensors").exists()
+    assert read_stage_records(killed)["train"]["done"] is False
+    # Kill 2: in the CAM stage, after some CAM files are written.
+    proc = _run_cli(killed, [])
+    _wait_for("cams/train/*.npz", killed, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Finish.
+    proc = _run_cli(killed, [])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "[train] up to date, skipped" in out and "[cam] resuming" in out
+
+    a = load_state_dict_file(clean / "stage1.safetensors")
+    b = load_state_dict_file(killed / "stage1.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    for split in ("train", "val"):
+        names = sorted(p.name for p in (clean / "cams" / split).glob("*.npz"))
+        assert names == sorted(p.name for p in (killed / "cams" / split).glob("*.npz"))
+        for name in names:
+            x, y = load_cams(clean / "cams" / split / name), load_cams(killed / "cams" / split / name)
+            assert np.array_equal(x.cams, y.cams) and np.array_equal(x.keys, y.keys)
+    assert not [p for p in killed.rglob("*") if ".tmp" in p.name]
+    m1 = json.loads((clean / "metrics.json").read_text())["seeds"]
+    m2 = json.loads((killed / "metrics.json").read_text())["seeds"]
+    assert m1 == m2
