@@ -314,7 +314,9 @@ def test_report_in_headless_chromium(full_page, tmp_path):
     from PIL import Image
 
     binary = _chromium()
-    path, html = full_page
+    _, html = full_page
+    page = tmp_path / "report.html"     # the page as written (other tests rewrite the run's)
+    page.write_text(html, encoding="utf-8")
     # The product page has no script; a test copy gets one that records, after load, how many
     # images the browser really decoded, where --dump-dom can read it.
     probe = tmp_path / "probe.html"
@@ -332,7 +334,7 @@ def test_report_in_headless_chromium(full_page, tmp_path):
 
     shot = tmp_path / "shot.png"
     res = _run_chromium(binary, tmp_path, "--window-size=1280,2400", f"--screenshot={shot}",
-                        path.as_uri())
+                        page.as_uri())
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("RGB"))

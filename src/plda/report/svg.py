@@ -81,7 +81,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float | Non
     xs_all = [p[0] for p in points] + ([marker_x] if marker_x is not None else [])
     ys_all = [p[1] for p in points]
     log_y = log_y and min(ys_all) > 0
-    left, right, top = 56, 14, 26 if title else 12
+    left, right, top = 56, 14, 30 if title else 12
     legend_rows = math.ceil(len(series) / 4) if legend and len(series) > 1 else 0
     bottom = 40 + 16 * legend_rows
     plot_w, plot_h = width - left - right, height - top - bottom
