@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "plda.cli.cam",
     "plda.cli.refine",
     "plda.cli.eval",
+    "plda.cli.report",
     "plda.cli.weights",
     "plda.cli.convert_weights",
 )
