@@ -21,6 +21,16 @@ from plda.errors import DataError
 _TMP_PREFIX = ".tmp-"
 
 
+def _default_file_mode() -> int:
+    # mkstemp makes 0600 files; a finished file gets the mode open() would have given it.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success rename it onto ``path``.
@@ -37,6 +47,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -107,7 +118,7 @@ def check_id(image_id: str, source: str = "") -> str:
     empty strings, control characters).
     """
     where = f" in {source}" if source else ""
-    if not isinstance(image_id, str) or not _ID_RE.match(image_id) or ".." in image_id:
+    if not isinstance(image_id, str) or not _ID_RE.fullmatch(image_id) or ".." in image_id:
         raise DataError(
             f"invalid image id {image_id!r}{where}: expected a file stem of letters, digits, "
             "'_', '-' and '.' (no path separators, no '..')"
