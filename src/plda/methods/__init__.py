@@ -1,26 +1,44 @@
-"""Stage-1 methods: CAM, SEAM and SEAM+PLDA, each a ``StageOneModel`` built by ``build_method``."""
+"""Stage-1 methods: CAM, SEAM and SEAM+PLDA, each a ``StageOneModel`` built by ``build_method``.
+
+The model classes (and torch with them) load on first use, so that reading a config, which
+needs only :mod:`plda.methods.config`, stays fast (``plda config show``, ``plda report``).
+"""
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import Any
 
-from plda.methods.base import CamOutput, StageOneModel
-from plda.methods.cam import CAMModel
 from plda.methods.config import (CPSConfig, LossWeights, MethodConfig, PAMRConfig, PLDAConfig,
                                  SEAMConfig)
-from plda.methods.seam import SEAMModel
-from plda.methods.seam_plda import SEAMPLDAModel, convert_reference_state_dict
 
-METHODS: dict[str, type[StageOneModel]] = {
-    "cam": CAMModel,
-    "seam": SEAMModel,
-    "seam_plda": SEAMPLDAModel,
+_LAZY = {
+    "CamOutput": "plda.methods.base", "StageOneModel": "plda.methods.base",
+    "CAMModel": "plda.methods.cam", "SEAMModel": "plda.methods.seam",
+    "SEAMPLDAModel": "plda.methods.seam_plda",
+    "convert_reference_state_dict": "plda.methods.seam_plda",
 }
 
 
-def build_method(cfg: MethodConfig, backbone: nn.Module, num_classes: int) -> StageOneModel:
+def _methods() -> dict[str, Any]:
+    from plda.methods.cam import CAMModel
+    from plda.methods.seam import SEAMModel
+    from plda.methods.seam_plda import SEAMPLDAModel
+
+    return {"cam": CAMModel, "seam": SEAMModel, "seam_plda": SEAMPLDAModel}
+
+
+def build_method(cfg: MethodConfig, backbone, num_classes: int):
     """The stage-1 model ``cfg.name`` on ``backbone`` for ``num_classes`` foreground classes."""
-    return METHODS[cfg.name](cfg, backbone, num_classes)
+    return _methods()[cfg.name](cfg, backbone, num_classes)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":
+        return _methods()
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'plda.methods' has no attribute {name!r}")
 
 
 __all__ = [
