@@ -142,7 +142,7 @@ def test_partial_section_keeps_its_fields_own_defaults():
     override of one key must not reset the others to the class defaults."""
     from plda.config import load_run_config
 
-    cfg = load_run_config("synth_cam", ["refine.irn.train.epochs=1", "refine.irn.crop=96"])
+    cfg = load_run_config("voc12_seam_plda_resnet38", ["refine.irn.train.epochs=1", "refine.irn.crop=96"])
     irn = cfg.refine.irn
     assert (irn.train.epochs, irn.train.lr, irn.train.batch_size) == (1, 0.1, 32)
     assert irn.train.reference_optimizer and irn.crop == 96 and irn.fg_threshold == 0.30
