@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -167,6 +167,8 @@ def shared(tmp_path_factory) -> Path:
     good = base / "good.params"
     write_params(good, {"arg:w": np.arange(64, dtype=np.float32)})
     (base / "truncated.params").write_bytes(good.read_bytes()[:-40])
+    torch.save({"model": {"w": torch.ones(1)}, "payload": _Marker(base / "PWNED")},
+               base / "evil.pth")
     return base
 
 
@@ -177,7 +179,7 @@ class Case:
     expect: tuple[str, ...]
     mutate: Callable[[Path], None] | None = None
     run: str = "new"  # "new": an empty run folder; "trained": weights only; "cams": with CAMs
-    marks: tuple = field(default_factory=tuple)
+    setup: Callable[[Ctx], None] | None = None  # after the run folder is in place
 
 
 def _eval(c: Ctx, *extra: str) -> list[str]:
@@ -220,6 +222,10 @@ CLI_CASES = [
          ("{run}/checkpoints/step_00000001.pt", "does not fit the model being trained",
           "shape mismatch", "classifier.conv.weight (3, 1280, 1, 1) vs (3, 2048, 1, 1)"),
          run="trained"),
+    Case("train-resume-malicious-checkpoint",
+         lambda c: ["train", *overrides(c), "--resume"],
+         ("{run}/checkpoints/step_00000002.pt", "refused"), run="trained",
+         setup=lambda c: shutil.copy(c.files / "evil.pth", c.run / "checkpoints/step_00000002.pt")),
     # ---- plda cam
     Case("cam-truncated-jpeg", lambda c: ["cam", *overrides(c)],
          ("cannot read image {ds}/JPEGImages/img1.jpg",), truncate_jpeg, run="trained"),
@@ -239,6 +245,14 @@ CLI_CASES = [
     Case("cam-garbage-weights",
          lambda c: ["cam", *overrides(c), "--weights", f"{c.files}/garbage.pth"],
          ("{files}/garbage.pth", "not a readable torch checkpoint"), run="trained"),
+    Case("cam-malicious-weights",
+         lambda c: ["cam", *overrides(c), "--weights", f"{c.files}/evil.pth"],
+         ("{files}/evil.pth", "arbitrary Python objects and was refused"), run="trained"),
+    Case("cam-malicious-checkpoint", lambda c: ["cam", *overrides(c)],
+         ("{run}/checkpoints/step_00000002.pt", "refused"), run="trained",
+         setup=lambda c: (shutil.copy(c.files / "evil.pth",
+                                      c.run / "checkpoints/step_00000002.pt"),
+                          (c.run / "stage1.safetensors").unlink())),
     Case("cam-without-training", lambda c: ["cam", *overrides(c)],
          ("no trained stage-1 model in {run}", "plda train")),
     # ---- plda seeds (CAMs of the clean dataset, ground truth of the broken one)
@@ -329,6 +343,8 @@ CLI_CASES = [
          ("cannot read weights file {tmp}/none.pth",)),
     Case("weights-garbage-pth", lambda c: ["weights", "inspect", f"{c.files}/garbage.pth"],
          ("{files}/garbage.pth", "not a readable torch checkpoint")),
+    Case("weights-malicious-pickle", lambda c: ["weights", "inspect", f"{c.files}/evil.pth"],
+         ("{files}/evil.pth", "arbitrary Python objects and was refused")),
     Case("weights-truncated-params",
          lambda c: ["weights", "inspect", f"{c.files}/truncated.params"],
          ("{files}/truncated.params", "malformed MXNet .params file")),
@@ -371,7 +387,7 @@ def _write_xml(ds: Path, image_id: str, name: str, broken: bool = False,
 
 
 def _context(tmp_path: Path, shared: Path, case_run: str,
-             mutate: Callable[[Path], None] | None) -> Ctx:
+             mutate: Callable[[Path], None] | None, setup=None) -> Ctx:
     ds = shutil.copytree(shared / "clean", tmp_path / "ds")
     if mutate is not None:
         mutate(ds)
@@ -379,12 +395,15 @@ def _context(tmp_path: Path, shared: Path, case_run: str,
     if case_run != "new":
         ignore = shutil.ignore_patterns("cams") if case_run == "trained" else None
         shutil.copytree(shared / "run", run, ignore=ignore)
-    return Ctx(tmp_path, ds, shared / "clean", run, shared)
+    c = Ctx(tmp_path, ds, shared / "clean", run, shared)
+    if setup is not None:
+        setup(c)
+    return c
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=lambda case: case.name)
 def test_cli_bad_input_is_one_clear_error(case, tmp_path, shared, capsys, one_thread):
-    c = _context(tmp_path, shared, case.run, case.mutate)
+    c = _context(tmp_path, shared, case.run, case.mutate, case.setup)
     argv = case.argv(c)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -397,6 +416,7 @@ def test_cli_bad_input_is_one_clear_error(case, tmp_path, shared, capsys, one_th
     assert "Traceback" not in err
     for fragment in case.expect:
         assert c.fmt(fragment) in lines[0], (c.fmt(fragment), lines[0])
+    assert not (shared / "PWNED").exists()  # no pickle payload ever ran
 
 
 def test_every_command_of_the_brief_has_cases():

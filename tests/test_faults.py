@@ -188,7 +188,7 @@ def _cams_complete(folder: Path) -> int:
 
 @pytest.mark.slow
 def test_cam_killed_repeatedly_resumes_to_the_uninterrupted_files(tmp_path, capsys):
-    data = make_dataset(tmp_path / "data", n=48, size=(96, 128))
+    data = make_dataset(tmp_path / "data", n=16, size=(64, 80))
     run = tmp_path / "run"
     common = overrides(data, run, 1, 32)
     assert _plda(["train", *common]).returncode == 0
@@ -197,9 +197,9 @@ def test_cam_killed_repeatedly_resumes_to_the_uninterrupted_files(tmp_path, caps
     lost = []
     loop = KillLoop(["cam", *common], lambda: _cam_files(folder),
                     lambda: lost.append(_cams_complete(folder)),
-                    kills=4, seed=99, max_extra_delay=0.3)
+                    kills=3, seed=99, max_extra_delay=0.3)
     loop.run()
-    assert loop.kills >= 3, f"only {loop.kills} kills landed before the split was done"
+    assert loop.kills >= 2, f"only {loop.kills} kills landed before the split was done"
     finished = _plda(["cam", *common])
     assert finished.returncode == 0, finished.stderr
     assert sum(lost) == 0
@@ -209,7 +209,7 @@ def test_cam_killed_repeatedly_resumes_to_the_uninterrupted_files(tmp_path, caps
     assert _plda(["cam", *overrides(data, reference, 1, 32)]).returncode == 0
     ref_folder = reference / "cams/train"
     names = sorted(p.name for p in ref_folder.glob("*.npz"))
-    assert len(names) == 48
+    assert len(names) == 16
     assert sorted(p.name for p in folder.glob("*.npz")) == names
     assert not list(folder.glob(".tmp-*"))
     max_diff = 0.0
@@ -221,7 +221,7 @@ def test_cam_killed_repeatedly_resumes_to_the_uninterrupted_files(tmp_path, caps
     assert max_diff == 0.0  # the same process setup gives the same float16 values
     with capsys.disabled():
         print(f"\n[faults] plda cam: {loop.kills} SIGKILLs survived (after "
-              f"{loop.progress_at_kill} of 48 files, extra delays {loop.delays} s), files lost "
+              f"{loop.progress_at_kill} of 16 files, extra delays {loop.delays} s), files lost "
               f"{sum(lost)}")
 
 
