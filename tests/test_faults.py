@@ -254,3 +254,23 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_exit(tmp_path, signame):
     state = load_checkpoint(run / "checkpoints" / f"step_{steps[0]:08d}.pt")
     assert state["step"] == steps[0]
     assert not (run / "stage1.safetensors").exists()
+
+
+def test_a_restarted_run_removes_the_temporaries_a_kill_left(tmp_path, one_thread):
+    """A kill during an atomic write leaves ``.tmp-<name>.<random>`` next to the target; the
+    next run of the same step removes those of the files it writes, nothing else."""
+    from plda.cli.main import main
+
+    data = make_dataset(tmp_path / "data", n=4, size=(24, 32))
+    run = tmp_path / "run"
+    planted = [run / ".tmp-stage1.safetensors.k1ll3d", run / ".tmp-metrics.json.abc",
+               run / "logs/.tmp-train.jsonl.tc90tr2h", run / "vis/.tmp-step_00000001.png.x1",
+               run / "checkpoints/.tmp-step_00000002.pt.zz"]
+    keep = run / "notes.txt"
+    for path in [*planted, keep]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    assert main(["train", *overrides(data, run, 2, 16), "--resume"]) == 0
+    assert [p for p in planted if p.exists()] == []
+    assert keep.read_bytes() == b"partial"
+    assert not list(run.rglob(".tmp-*"))
