@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
 from plda.errors import ConfigError
@@ -34,6 +35,10 @@ def register(subparsers) -> None:
                            help="with --cams: thresholds START, START+STEP, ... below STOP "
                            "(e.g. 0.20:0.60:0.01 is 0.20..0.59)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out an image whose prediction, CAM file or ground truth is "
+                   "missing, unreadable or does not fit (size, classes), with a warning; the "
+                   "skipped ids and reasons go to the JSON output under 'skipped'")
     p.add_argument("--workers", type=int, metavar="N",
                    help="decoding processes (default: CPU count, at most 8; 0 = none)")
     p.set_defaults(func=run)
@@ -98,19 +103,26 @@ def run(args: argparse.Namespace) -> int:
     if args.pred is not None:
         if args.bg_threshold is not None or args.sweep is not None:
             raise ConfigError("--bg-threshold and --sweep apply to --cams only")
-        result = evaluate_labels(args.pred, args.gt, ids, class_names, num_workers=args.workers)
+        result = evaluate_labels(args.pred, args.gt, ids, class_names, num_workers=args.workers,
+                                 skip_bad=args.skip_bad)
     else:
         if args.bg_threshold is None and args.sweep is None:
             raise ConfigError("--cams needs --bg-threshold T or --sweep START:STOP:STEP")
         thresholds = [args.bg_threshold] if args.sweep is None else parse_sweep(args.sweep)
         result = evaluate_cams(args.cams, args.gt, ids, class_names, thresholds,
-                               num_workers=args.workers)
+                               num_workers=args.workers, skip_bad=args.skip_bad)
     if "sweep" in result:
         print(format_sweep(result))
         print()
     if "threshold" in result:
         print(f"background threshold {result['threshold']:g}")
     print(format_table(result))
+    skipped = result.get("skipped") or []
+    if skipped:
+        print(f"plda eval: warning: skipped {len(skipped)} of {len(ids)} images (--skip-bad):",
+              file=sys.stderr)
+        for item in skipped:
+            print(f"  {item['id']}: {item['reason']}", file=sys.stderr)
     if args.json:
         atomic_write_json(args.json, result)
         print(f"wrote {args.json}")

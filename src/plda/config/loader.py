@@ -283,7 +283,14 @@ def load_config(cls: type[T], preset: str | Path | None = None,
     ``overrides``, validate against ``cls``."""
     data = load_yaml_with_extends(preset) if preset is not None else {}
     data = apply_overrides(data, list(overrides))
-    return from_dict(cls, data)
+    if preset is None:
+        return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        # The key alone does not say which file of a long 'extends' chain to open.
+        origin = "its overrides" if overrides else "the files it extends"
+        raise ConfigError(f"{exc} (in config {preset} or {origin})") from None
 
 
 class _Dumper(yaml.SafeDumper):

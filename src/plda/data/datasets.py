@@ -11,6 +11,8 @@ lists. Variable-size samples (:class:`ImageDataset`) use :func:`list_collate`.
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,21 +53,64 @@ class LayoutDataset(Dataset):
     def _labels_tensor(self, image_id: str) -> torch.Tensor:
         return torch.tensor(self.layout.labels(image_id))
 
+    def _check_files(self, mask_dir: str | os.PathLike | None = None, masks: bool = False) -> None:
+        """Fail before training, not hours into it, when an id has no image (or no mask).
+
+        One ``stat`` per file: cheap next to an epoch; corrupt contents are still only found
+        when a sample is decoded.
+        """
+        missing_images, missing_masks = [], []
+        for image_id in self.ids:
+            try:
+                self.layout.image_path(image_id)
+            except DataError:
+                missing_images.append(image_id)
+            if masks:
+                if mask_dir is None:
+                    found = self.layout.mask_path(image_id) is not None
+                else:
+                    found = (Path(mask_dir) / f"{image_id}.png").is_file()
+                if not found:
+                    missing_masks.append(image_id)
+        if missing_images:
+            raise DataError(f"{_few(missing_images)} of the {len(self.ids)} ids have no image in "
+                            f"{self.layout.root / 'JPEGImages'} (expected <id>.jpg, .jpeg or .png)")
+        if missing_masks:
+            where = mask_dir if mask_dir is not None else self.layout.mask_dir
+            raise DataError(f"{_few(missing_masks)} of the {len(self.ids)} ids have no mask "
+                            f"<id>.png in {where}")
+
+
+def _few(ids: Sequence[str], limit: int = 5) -> str:
+    """``"3 ('a', 'b', 'c')"``: a count and the first few ids, for messages about many files."""
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return f"{len(ids)} ({shown}{', ...' if len(ids) > limit else ''})"
+
 
 class ClassificationDataset(LayoutDataset):
     """Images with image-level labels: ``{"image": (3, H, W), "label": (C,), "id": str}``.
 
     ``transform(image, rng=...)`` maps a PIL image to a tensor
-    (:class:`~plda.data.transforms.Stage1Transform` for training). Labels from json or XML are
-    read up front, so a missing or bad label fails before training starts.
+    (:class:`~plda.data.transforms.Stage1Transform` for training). Labels from json or XML and
+    the images' existence are checked up front, so a missing image or a bad label fails before
+    training starts.
+
+    An image whose label list is empty is kept, with one warning counting such images: it is
+    a legitimate background-only example (``plda prepare coco --keep-empty`` writes them on
+    purpose, and its CAM file simply holds no planes), but an accidental empty list should not
+    pass unnoticed.
     """
 
     def __init__(self, layout, split, transform: Callable | None = None, seed: int = 0):
         super().__init__(layout, split, seed)
         self.transform = transform or EvalTransform()
+        self._check_files()
         if self.layout.label_source != "masks":
-            for image_id in self.ids:
-                self.layout.labels(image_id)
+            empty = [i for i in self.ids if not self.layout.labels(i).any()]
+            if empty:
+                warnings.warn(f"{_few(empty)} of the {len(self.ids)} images have an empty label "
+                              f"list in {self.layout.root}: they are used as background-only "
+                              "examples", stacklevel=2)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
@@ -91,6 +136,7 @@ class SegmentationDataset(LayoutDataset):
                             "folder; pass mask_dir to train on pseudo masks")
         if mask_dir is not None and not os.path.isdir(mask_dir):
             raise DataError(f"mask folder {mask_dir} not found")
+        self._check_files(mask_dir, masks=True)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]

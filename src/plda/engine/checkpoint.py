@@ -44,8 +44,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise WeightsError(
             f"checkpoint {str(path)!r} holds objects other than tensors and plain values and was "
             f"refused (weights_only=True): {exc}") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise WeightsError(f"checkpoint {str(path)!r} is not a readable torch file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle can raise IndexError, KeyError...
+        raise WeightsError(f"checkpoint {str(path)!r} is not a readable torch file "
+                           f"({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict):
         raise WeightsError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, "
                            "expected a dict")

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from plda.utils.io import atomic_write_text
+from plda.utils.io import atomic_write_text, clean_stale_temporaries
 from plda.utils.progress import progress_bar
 
 _log = logging.getLogger("plda.engine")
@@ -29,6 +29,8 @@ class TrainLogger:
         self._tb = None
         if not enabled:
             return
+        # A run killed while rewriting the log leaves its temporary; the resumed run owns it.
+        clean_stale_temporaries(self.path.parent, [self.path.name])
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 if line.strip():

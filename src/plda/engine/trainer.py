@@ -38,8 +38,9 @@ from plda.engine.logging import TrainLogger
 from plda.engine.optim import PolyLR, build_optimizer
 from plda.engine.seed import (capture_rng_state, configure_determinism, derive_seed,
                               restore_determinism, restore_rng_state, seed_everything)
-from plda.errors import ConfigError, PldaError
+from plda.errors import ConfigError, PldaError, WeightsError
 from plda.utils.io import atomic_write_json
+from plda.weights.io import state_dict_mismatch
 
 _log = logging.getLogger("plda.engine")
 
@@ -409,6 +410,11 @@ class Trainer:
         path = Path(found)
         state = load_checkpoint(path)
         self._check_resumable(state, path)
+        problem = state_dict_mismatch(self.model.state_dict(), state.get("model") or {})
+        if problem:
+            raise WeightsError(f"{path}: the checkpoint does not fit the model being trained "
+                               f"({problem}); it was written for another architecture or class "
+                               "count: resume with the run's own config or use a new run folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

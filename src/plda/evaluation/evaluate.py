@@ -92,22 +92,29 @@ def _load_gt(gt_dir: str, image_id: str) -> tuple[np.ndarray, Path]:
 
 
 def _label_chunk(ids: Sequence[str], pred_dir: str, gt_dir: str, n: int,
-                 ignore_index: int) -> np.ndarray:
+                 ignore_index: int, skip_bad: bool = False) -> tuple[np.ndarray, list]:
+    """Confusion ``(n, n + 1)`` of a chunk and the ``(id, reason)`` of the images skipped."""
     conf = np.zeros((n, n + 1), dtype=np.int64)
+    skipped: list[tuple[str, str]] = []
     for image_id in ids:
-        pred_path = safe_join(pred_dir, image_id + ".png")
-        if not pred_path.is_file():
-            raise DataError(f"prediction not found: {pred_path}")
-        gt, gt_path = _load_gt(gt_dir, image_id)
-        pred = load_label_png(pred_path)
-        if pred.shape != gt.shape:
-            raise DataError(f"prediction {pred_path} is {pred.shape[0]}x{pred.shape[1]} but "
-                            f"ground truth {gt_path} is {gt.shape[0]}x{gt.shape[1]}")
         try:
-            conf += confusion_matrix(pred, gt, n, ignore_index, count_unassigned=True)
-        except ValueError as exc:
-            raise DataError(f"{gt_path}: {exc}") from exc
-    return conf
+            pred_path = safe_join(pred_dir, image_id + ".png")
+            if not pred_path.is_file():
+                raise DataError(f"prediction not found: {pred_path}")
+            gt, gt_path = _load_gt(gt_dir, image_id)
+            pred = load_label_png(pred_path)
+            if pred.shape != gt.shape:
+                raise DataError(f"prediction {pred_path} is {pred.shape[0]}x{pred.shape[1]} but "
+                                f"ground truth {gt_path} is {gt.shape[0]}x{gt.shape[1]}")
+            try:
+                conf += confusion_matrix(pred, gt, n, ignore_index, count_unassigned=True)
+            except ValueError as exc:
+                raise DataError(f"{gt_path}: {exc}") from exc
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((image_id, str(exc)))
+    return conf, skipped
 
 
 def _foreground(cams: np.ndarray, keys: np.ndarray, image_size: tuple[int, int]
@@ -135,13 +142,14 @@ def seeds_from_cams(camfile: CamFile, threshold: float) -> np.ndarray:
 
 
 def _cam_chunk(ids: Sequence[str], cam_dir: str, gt_dir: str, n: int, ignore_index: int,
-               thresholds: np.ndarray) -> np.ndarray:
+               thresholds: np.ndarray, skip_bad: bool = False) -> tuple[np.ndarray, list]:
     """Histogram ``(T+1, n+2, n)`` over (threshold bin, ground truth, CAM argmax class).
 
     Ground-truth row n holds ignored pixels and row n+1 invalid values (an error), so that
     lookup tables map every pixel without masking copies. The CAMs stay float16: their bit
     patterns order like their values once the sign bit is clear, so the maximum is taken on
-    uint16 and a 65,536-entry table gives each value's threshold bin.
+    uint16 and a 65,536-entry table gives each value's threshold bin. With ``skip_bad`` an
+    image whose files are missing or do not fit is left out and listed as ``(id, reason)``.
     """
     nbins = len(thresholds) + 1
     all_f16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
@@ -154,34 +162,49 @@ def _cam_chunk(ids: Sequence[str], cam_dir: str, gt_dir: str, n: int, ignore_ind
         gt_code[ignore_index] = n
     gt_code *= n
     hist = np.zeros(nbins * (n + 2) * n, dtype=np.int64)
+    skipped: list[tuple[str, str]] = []
     for image_id in ids:
-        cam_path = safe_join(cam_dir, image_id + ".npz")
-        if not cam_path.is_file():
-            raise DataError(f"CAM file not found: {cam_path}")
-        camfile = load_cams(cam_path, dtype=np.float16)
-        if camfile.num_classes + 1 != n:
-            raise DataError(f"{cam_path}: holds {camfile.num_classes} foreground classes, "
-                            f"expected {n - 1} (the class list has {n} classes with background)")
-        gt, gt_path = _load_gt(gt_dir, image_id)
-        if gt.shape != tuple(camfile.image_size):
-            raise DataError(f"CAM file {cam_path} is {camfile.image_size[0]}x"
-                            f"{camfile.image_size[1]} but ground truth {gt_path} is "
-                            f"{gt.shape[0]}x{gt.shape[1]}")
-        bits = camfile.cams.view(np.uint16)
-        if bits.size and bits.max() >= 0x8000:
-            # Slightly negative values (allowed on load) are background at any t >= 0.
-            bits = np.where(bits >= 0x8000, np.uint16(0), bits)
-        fg_bits, fg_label = _foreground(bits, camfile.keys, camfile.image_size)
-        code = bin_code[fg_bits]
-        code += gt_code[gt]
-        code += fg_label
-        image_hist = np.bincount(code.ravel(), minlength=hist.size)
-        if image_hist.reshape(nbins, n + 2, n)[:, n + 1].any():
-            bad = np.unique(gt[gt_code[gt] == (n + 1) * n])
-            raise DataError(f"{gt_path}: ground-truth values {bad.tolist()} outside the classes "
-                            f"0..{n - 1} and not the ignore index {ignore_index}")
+        try:
+            image_hist = _cam_image_hist(image_id, cam_dir, gt_dir, n, ignore_index, nbins,
+                                         bin_code, gt_code, hist.size)
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((image_id, str(exc)))
+            continue
         hist += image_hist
-    return hist.reshape(nbins, n + 2, n)
+    return hist.reshape(nbins, n + 2, n), skipped
+
+
+def _cam_image_hist(image_id: str, cam_dir: str, gt_dir: str, n: int, ignore_index: int,
+                    nbins: int, bin_code: np.ndarray, gt_code: np.ndarray, size: int) -> np.ndarray:
+    """One image's flat histogram for :func:`_cam_chunk`; any defect is a ``DataError``."""
+    cam_path = safe_join(cam_dir, image_id + ".npz")
+    if not cam_path.is_file():
+        raise DataError(f"CAM file not found: {cam_path}")
+    camfile = load_cams(cam_path, dtype=np.float16)
+    if camfile.num_classes + 1 != n:
+        raise DataError(f"{cam_path}: holds {camfile.num_classes} foreground classes, "
+                        f"expected {n - 1} (the class list has {n} classes with background)")
+    gt, gt_path = _load_gt(gt_dir, image_id)
+    if gt.shape != tuple(camfile.image_size):
+        raise DataError(f"CAM file {cam_path} is {camfile.image_size[0]}x"
+                        f"{camfile.image_size[1]} but ground truth {gt_path} is "
+                        f"{gt.shape[0]}x{gt.shape[1]}")
+    bits = camfile.cams.view(np.uint16)
+    if bits.size and bits.max() >= 0x8000:
+        # Slightly negative values (allowed on load) are background at any t >= 0.
+        bits = np.where(bits >= 0x8000, np.uint16(0), bits)
+    fg_bits, fg_label = _foreground(bits, camfile.keys, camfile.image_size)
+    code = bin_code[fg_bits]
+    code += gt_code[gt]
+    code += fg_label
+    image_hist = np.bincount(code.ravel(), minlength=size)
+    if image_hist.reshape(nbins, n + 2, n)[:, n + 1].any():
+        bad = np.unique(gt[gt_code[gt] == (n + 1) * n])
+        raise DataError(f"{gt_path}: ground-truth values {bad.tolist()} outside the classes "
+                        f"0..{n - 1} and not the ignore index {ignore_index}")
+    return image_hist
 
 
 def sweep_confusions(hist: np.ndarray) -> np.ndarray:
@@ -197,9 +220,10 @@ def sweep_confusions(hist: np.ndarray) -> np.ndarray:
     return conf
 
 
-def _map_sum(fn: Callable[..., np.ndarray], ids: Sequence[str], args: tuple, num_workers: int | None,
-             desc: str) -> np.ndarray:
-    """Run ``fn(chunk, *args)`` over chunks of ``ids`` in worker processes; sum the results."""
+def _map_sum(fn: Callable[..., tuple[np.ndarray, list]], ids: Sequence[str], args: tuple,
+             num_workers: int | None, desc: str) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Run ``fn(chunk, *args)`` over chunks of ``ids`` in worker processes; sum the arrays and
+    gather the skipped ``(id, reason)`` pairs, in the order of ``ids``."""
     ids = list(ids)
     if not ids:
         raise DataError("no images to evaluate (the id list is empty)")
@@ -209,13 +233,15 @@ def _map_sum(fn: Callable[..., np.ndarray], ids: Sequence[str], args: tuple, num
     chunk = max(1, min(64, math.ceil(len(ids) / (max(workers, 1) * 4))))
     chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
     total = None
+    skipped: list[tuple[str, str]] = []
     with progress_bar(len(ids), desc=desc, unit="img") as bar:
         if workers <= 1:
             for part_ids in chunks:
-                part = fn(part_ids, *args)
+                part, part_skipped = fn(part_ids, *args)
                 total = part if total is None else total + part
+                skipped += part_skipped
                 bar.update(len(part_ids))
-            return total
+            return total, _in_order(skipped, ids)
         # fork shares the parent's imports, so the pool starts in milliseconds.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
@@ -223,13 +249,27 @@ def _map_sum(fn: Callable[..., np.ndarray], ids: Sequence[str], args: tuple, num
             futures = {pool.submit(fn, part_ids, *args): len(part_ids) for part_ids in chunks}
             try:
                 for fut in as_completed(futures):
-                    part = fut.result()
+                    part, part_skipped = fut.result()
                     total = part if total is None else total + part
+                    skipped += part_skipped
                     bar.update(futures[fut])
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-    return total
+    return total, _in_order(skipped, ids)
+
+
+def _in_order(skipped: list[tuple[str, str]], ids: Sequence[str]) -> list[tuple[str, str]]:
+    position = {image_id: i for i, image_id in enumerate(ids)}
+    return sorted(skipped, key=lambda item: position[item[0]])
+
+
+def _skip_report(skipped: list[tuple[str, str]], total: int) -> dict[str, Any]:
+    """The result entries of a ``skip_bad`` evaluation; all images skipped is still an error."""
+    if len(skipped) == total:
+        raise DataError(f"all {total} images were skipped as bad, nothing to score; first: "
+                        f"{skipped[0][1]}")
+    return {"skipped": [{"id": i, "reason": r} for i, r in skipped]}
 
 
 def _check_names(class_names: Sequence[str]) -> int:
@@ -241,27 +281,33 @@ def _check_names(class_names: Sequence[str]) -> int:
 
 def evaluate_labels(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: Sequence[str],
                     class_names: Sequence[str], num_workers: int | None = None,
-                    ignore_index: int = 255) -> dict[str, Any]:
+                    ignore_index: int = 255, skip_bad: bool = False) -> dict[str, Any]:
     """Score label PNGs ``pred_dir/<id>.png`` against ``gt_dir/<id>.png``.
 
     ``class_names`` names every class, background first. Returns :func:`scores`' dict plus
-    ``images``. A missing or differently sized prediction is a ``DataError`` naming the file.
+    ``images``. A missing, unreadable or differently sized prediction or ground truth is a
+    ``DataError`` naming the file; with ``skip_bad`` such an image is left out instead and
+    listed under ``skipped`` (``[{"id", "reason"}]``), ``images`` counting those scored.
     """
     n = _check_names(class_names)
     ids = [check_id(i) for i in ids]
-    conf = _map_sum(_label_chunk, ids, (str(pred_dir), str(gt_dir), n, ignore_index),
-                    num_workers, "eval")
-    return {**scores(conf, class_names), "images": len(ids)}
+    conf, skipped = _map_sum(_label_chunk, ids,
+                             (str(pred_dir), str(gt_dir), n, ignore_index, skip_bad),
+                             num_workers, "eval")
+    report = _skip_report(skipped, len(ids)) if skip_bad else {}
+    return {**scores(conf, class_names), "images": len(ids) - len(skipped), **report}
 
 
 def evaluate_cams(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: Sequence[str],
                   class_names: Sequence[str], thresholds: Sequence[float],
-                  num_workers: int | None = None, ignore_index: int = 255) -> dict[str, Any]:
+                  num_workers: int | None = None, ignore_index: int = 255,
+                  skip_bad: bool = False) -> dict[str, Any]:
     """Score the seeds of CAM files ``cam_dir/<id>.npz`` at every background threshold at once.
 
     Returns the scores at the best threshold (highest mIoU; the lowest threshold among equals)
     plus ``images`` and ``threshold``; with more than one threshold also ``sweep``
-    (``[{"threshold", "miou"}]`` in the given order) and ``best_threshold``.
+    (``[{"threshold", "miou"}]`` in the given order) and ``best_threshold``. ``skip_bad`` as
+    in :func:`evaluate_labels`.
     """
     n = _check_names(class_names)
     given = [float(t) for t in thresholds]
@@ -274,16 +320,18 @@ def evaluate_cams(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: Se
     ids = [check_id(i) for i in ids]
     order = np.argsort(np.asarray(given, dtype=np.float32), kind="stable")
     sorted_t = np.asarray(given, dtype=np.float32)[order]
-    hist = _map_sum(_cam_chunk, ids, (str(cam_dir), str(gt_dir), n, ignore_index, sorted_t),
-                    num_workers, "eval seeds")
+    hist, skipped = _map_sum(_cam_chunk, ids,
+                             (str(cam_dir), str(gt_dir), n, ignore_index, sorted_t, skip_bad),
+                             num_workers, "eval seeds")
+    report = _skip_report(skipped, len(ids)) if skip_bad else {}
     confs = sweep_confusions(hist)
     results: list[dict[str, Any] | None] = [None] * len(given)
     for j, idx in enumerate(order):
         results[idx] = scores(confs[j], class_names)
     mious = [-1.0 if r["miou"] is None else r["miou"] for r in results]
     best = min(range(len(given)), key=lambda i: (-mious[i], given[i]))
-    out = {**results[best], "images": len(ids), "threshold": given[best]}
+    out = {**results[best], "images": len(ids) - len(skipped), "threshold": given[best]}
     if len(given) > 1:
         out["sweep"] = [{"threshold": t, "miou": r["miou"]} for t, r in zip(given, results)]
         out["best_threshold"] = given[best]
-    return out
+    return {**out, **report}

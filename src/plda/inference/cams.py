@@ -185,13 +185,16 @@ def _input_stats(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def _is_complete(path: Path, num_classes: int) -> bool:
-    """Whether ``path`` is a readable CAM file for ``num_classes`` classes."""
+def _is_complete(path: Path, num_classes: int, image_size: tuple[int, int] | None = None) -> bool:
+    """Whether ``path`` is a readable CAM file for ``num_classes`` classes (and, if given, an
+    image of ``image_size``: a file left from another dataset with the same ids is redone)."""
     from plda.data.camfile import load_cams
 
     try:
         cam_file = load_cams(path)
     except (PldaError, OSError, ValueError, EOFError, KeyError):
+        return False
+    if image_size is not None and tuple(cam_file.image_size) != tuple(image_size):
         return False
     return int(cam_file.num_classes) == num_classes
 
@@ -265,7 +268,8 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     try:
         for image_id in ids:
             path = safe_join(out_dir, f"{image_id}.npz")
-            if skip_existing and path.exists() and _is_complete(path, num_classes):
+            if (skip_existing and path.exists()
+                    and _is_complete(path, num_classes, layout.image_size(image_id))):
                 skipped += 1
                 bar.update(1)
                 continue

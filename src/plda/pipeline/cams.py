@@ -19,10 +19,13 @@ def sweep_thresholds(cfg: RunConfig) -> list[float]:
     return [round(start + i * step, 6) for i in range(n)]
 
 
-def _cam_source(cfg: RunConfig, weights) -> dict:
-    """What the CAM files of a folder were made from: the weights file's digest and the
-    inference settings. Files made from anything else are stale."""
+def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
+    """What the CAM files of a folder were made from: the weights file's digest, the dataset
+    (its folder, and the generator's parameters for "synth", whose images change with them)
+    and the inference settings. Files made from anything else are stale: another dataset's
+    files share ids such as ``2007_000032`` but not the images."""
     import hashlib
+    from dataclasses import asdict
 
     from plda.pipeline.common import STAGE1_WEIGHTS
 
@@ -36,7 +39,9 @@ def _cam_source(cfg: RunConfig, weights) -> dict:
         digest = h.hexdigest()
     return {"weights": str(path), "sha256": digest, "scales": list(cfg.cam.scales),
             "flip": cfg.cam.flip, "label_source": cfg.cam.label_source,
-            "score_threshold": cfg.cam.score_threshold}
+            "score_threshold": cfg.cam.score_threshold,
+            "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
+            "synth": asdict(cfg.data.synth) if cfg.data.root == "synth" else None}
 
 
 def _drop_stale_cams(folder: Path, source: dict) -> None:
@@ -65,7 +70,7 @@ def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:
     dist = dist if dist is not None else init_distributed()
     layout = load_layout(cfg)
     model = load_stage1_model(cfg, layout.num_classes, weights).to(dist.device)
-    source = _cam_source(cfg, weights) if is_main_process() else None
+    source = _cam_source(cfg, weights, layout.root) if is_main_process() else None
     summary = {}
     for split in splits or cfg.data.eval_splits:
         t0 = time.perf_counter()

@@ -83,7 +83,7 @@ def build_stage1_model(cfg: RunConfig, num_classes: int, pretrained: bool = True
 def load_stage1_model(cfg: RunConfig, num_classes: int, weights: str | Path | None = None):
     """The trained stage-1 model of a run (``<run_dir>/stage1.safetensors``, else the latest
     training checkpoint), or the weights file given; eval mode."""
-    from plda.weights.io import load_state_dict_file
+    from plda.weights.io import load_state_dict_file, state_dict_mismatch
 
     model = build_stage1_model(cfg, num_classes, pretrained=False)
     path = Path(weights) if weights else run_dir(cfg) / STAGE1_WEIGHTS
@@ -98,16 +98,14 @@ def load_stage1_model(cfg: RunConfig, num_classes: int, weights: str | Path | No
                               f"{STAGE1_WEIGHTS} or checkpoints/ (run 'plda train' first)")
         state = load_checkpoint(ckpt)["model"]
     state = _maybe_convert_reference(state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
         from plda.errors import WeightsError
 
         raise WeightsError(
             f"{path}: weights do not fit the configured model ({cfg.model.backbone}, "
-            f"{cfg.method.name}, {num_classes} classes): missing {missing[:5]}"
-            f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{'…' if len(unexpected) > 5 else ''}")
+            f"{cfg.method.name}, {num_classes} classes): {problem}")
+    model.load_state_dict(state, strict=False)
     return model.eval()
 
 

@@ -58,8 +58,10 @@ def _load_torch(path: Path) -> dict[str, "torch.Tensor"]:
                 "and plain containers are loaded, torch.load(weights_only=True)); re-save it as a "
                 "plain state dict or as .safetensors from code you trust") from None
         raise WeightsError(f"{path}: not a readable torch checkpoint ({exc})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise WeightsError(f"{path}: not a readable torch checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - garbage bytes make the unpickler raise anything
+        # (IndexError, KeyError, struct.error, ...): each means the same, an unreadable file.
+        raise WeightsError(f"{path}: not a readable torch checkpoint "
+                           f"({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     for key in CHECKPOINT_KEYS:
@@ -96,6 +98,32 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path}: not a readable .safetensors file ({exc})") from None
     return _load_torch(path)
+
+
+def state_dict_mismatch(expected: Mapping[str, "torch.Tensor"], found: Mapping[str, "torch.Tensor"],
+                        limit: int = 5, ignore_missing: tuple[str, ...] = ("num_batches_tracked",)
+                        ) -> str:
+    """Why ``found`` cannot be loaded into a model whose state dict is ``expected``, or ``""``.
+
+    ``load_state_dict`` reports a foreign checkpoint as a traceback listing hundreds of keys;
+    this names a few of each kind (missing, unexpected, wrong shape) so that one line tells
+    the user which architecture or class count the file was made for.
+    """
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+    missing = [k for k in expected if k not in found and not k.endswith(ignore_missing)]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+              if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {few(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatch (file vs model) {few(shapes)}")
+    return "; ".join(parts)
 
 
 def save_format(path: str | os.PathLike, fmt: str | None = None) -> str:
