@@ -137,10 +137,7 @@ def train_boundary(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
     from plda.engine.distributed import init_distributed
     from plda.refinement.irn import IRNModel
 
-    from plda.engine.seed import seed_everything
-
     irn = cfg.refine.irn
-    seed_everything(irn.train.seed)  # the new head's initial weights: reproducible per config
     net = build_boundary_net(cfg, load_layout(cfg, generate=False).num_classes)
     return _train_on_labels(cfg, IRNModel(net, radius=irn.train_radius), net, irn,
                             irn_dir(cfg) / "relations", irn_dir(cfg), BOUNDARY_WEIGHTS,
@@ -340,10 +337,7 @@ def train_affinity(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
     from plda.engine.distributed import init_distributed
     from plda.refinement.affinitynet import AffinityNetModel
 
-    from plda.engine.seed import seed_everything
-
     aff = cfg.refine.affinity
-    seed_everything(aff.train.seed)  # the new head's initial weights: reproducible per config
     net = _build_affinity_net(cfg, load_layout(cfg, generate=False).num_classes)
     return _train_on_labels(cfg, AffinityNetModel(net, radius=aff.radius), net, aff,
                             affinity_dir(cfg) / "labels", affinity_dir(cfg), AFFINITY_WEIGHTS,

@@ -59,7 +59,6 @@ def train_stage1(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
     from plda.data.datasets import ClassificationDataset
     from plda.data.transforms import Stage1Transform
     from plda.engine.distributed import init_distributed
-    from plda.engine.seed import seed_everything
     from plda.engine.trainer import Trainer
     from plda.utils.io import clean_stale_temporaries
     from plda.weights.io import save_state_dict_file
@@ -73,10 +72,6 @@ def train_stage1(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
         clean_stale_temporaries(out / "vis")
     write_run_config(cfg)
     layout = load_layout(cfg)
-    # New layers (the classifier, a backbone without pretrained weights) are initialised from
-    # torch's global RNG: seed it, or two runs of one config (and a run killed before its
-    # first checkpoint, then restarted) start from different weights.
-    seed_everything(cfg.train.seed)
     model = build_stage1_model(cfg, layout.num_classes)
     backbone = model.backbone
     transform = Stage1Transform(resize_long=tuple(cfg.data.resize_long), crop=cfg.data.crop,
