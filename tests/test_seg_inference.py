@@ -143,3 +143,115 @@ def test_to_rgb_array_handles_every_mode():
     assert np.array_equal(to_rgb_array(gray), np.repeat(gray[..., None], 3, 2))
     with pytest.raises(ValueError, match="uint8"):
         to_rgb_array(rgb.astype(np.float32))
+
+
+# ---- plda segment eval ------------------------------------------------------------------------
+
+def _seg_run(tmp_path, *overrides):
+    """A run folder with a 4-image synthetic val split and a random tiny segmentation net."""
+    from plda.config import load_run_config
+    from plda.data.synth import generate_synthetic
+    from plda.pipeline.common import load_layout
+    from plda.segmentation.models import build_segmentation_net, save_segmentation_net
+
+    run = tmp_path / "run"
+    cfg = load_run_config("synth_cam", [
+        f"run_dir={run}", "data.synth.n_train=2", "data.synth.n_val=4", "data.synth.size=40",
+        "data.synth.num_classes=2", "seg.scales=[1.0,0.75]", "seg.eval_splits=[val]",
+        *overrides])
+    generate_synthetic(run / "data", n_train=2, n_val=4, size=40, num_classes=2)
+    layout = load_layout(cfg, generate=False)
+    torch.manual_seed(0)
+    net = build_segmentation_net("deeplab_lite", "efficientnet_lite0", 3, output_stride=16)
+    save_segmentation_net(run / "deeplab" / "segmentation.safetensors", net, layout.class_names)
+    return cfg, run, layout
+
+
+def test_evaluate_segmentation_writes_scores_and_resumes(tmp_path, one_thread):
+    import json
+    import os
+
+    from plda.engine.distributed import single_process
+    from plda.pipeline.segment_eval import evaluate_segmentation
+    from plda.segmentation.models import load_segmentation_net
+    from plda.vis.palette import load_label_png
+
+    cfg, run, layout = _seg_run(tmp_path)
+    dist = single_process("cpu")
+    res = evaluate_segmentation(cfg, dist=dist)
+    ids = layout.ids("val")
+    folder = run / "seg" / "val"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.png" for i in ids)
+    assert res["val"]["written"] == 4 and res["val"]["images"] == 4
+    assert 0 <= res["val"]["miou"] <= 100 and set(res["val"]["iou"]) == set(layout.class_names)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["seg"]["val"] == json.loads(json.dumps(res["val"]))
+    full = json.loads((run / "seg" / "eval_val.json").read_text())
+    assert full["miou"] == res["val"]["miou"] and full["settings"]["scales"] == [1.0, 0.75]
+    net, _ = load_segmentation_net(run)
+    for image_id in ids[:2]:
+        image = layout.load_image(image_id)
+        expected = predict_labels(net, image, (1.0, 0.75), flip=True)
+        assert np.array_equal(load_label_png(folder / f"{image_id}.png"), expected)
+
+    # A killed run: two maps never written, a temporary left behind. Only those two are redone.
+    for image_id in ids[:2]:
+        (folder / f"{image_id}.png").unlink()
+    (folder / f".tmp-{ids[0]}.png.abc123").write_bytes(b"partial")
+    kept = {i: os.stat(folder / f"{i}.png").st_mtime_ns for i in ids[2:]}
+    res = evaluate_segmentation(cfg, dist=dist)
+    assert res["val"]["written"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.png" for i in ids)
+    assert {i: os.stat(folder / f"{i}.png").st_mtime_ns for i in ids[2:]} == kept
+    assert res["val"]["miou"] == full["miou"]
+
+    # Other settings make every map stale; another split adds to metrics.json's section.
+    import copy
+
+    cfg2 = copy.deepcopy(cfg)
+    cfg2.seg.eval_flip = False
+    res = evaluate_segmentation(cfg2, ["val", "train"], dist=dist)
+    assert res["val"]["written"] == 4 and res["train"]["written"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["seg"]) == {"val", "train"}
+
+
+def test_evaluate_segmentation_without_weights_says_what_to_do(tmp_path):
+    from plda.errors import DataError
+    from plda.pipeline.segment_eval import evaluate_segmentation
+
+    cfg, run, _ = _seg_run(tmp_path)
+    (run / "deeplab" / "segmentation.safetensors").unlink()
+    with pytest.raises(DataError, match="plda segment train"):
+        evaluate_segmentation(cfg)
+
+
+def test_evaluate_segmentation_refuses_a_net_for_other_classes(tmp_path):
+    from plda.pipeline.segment_eval import evaluate_segmentation
+    from plda.segmentation.models import build_segmentation_net, save_segmentation_net
+
+    cfg, run, _ = _seg_run(tmp_path)
+    other = tmp_path / "other.safetensors"
+    save_segmentation_net(other, build_segmentation_net("deeplab_lite", "efficientnet_lite0", 5,
+                                                        output_stride=16),
+                          ["background", "a", "b", "c", "d"])
+    with pytest.raises(ConfigError, match="5 classes"):
+        evaluate_segmentation(cfg, weights=other)
+
+
+def test_drop_stale_outputs_keeps_matching_and_clears_other_sources(tmp_path):
+    from plda.pipeline.common import drop_stale_outputs
+
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"x")
+    (folder / "keep.txt").write_text("other kind")
+    marker = tmp_path / "source_maps.json"
+    assert drop_stale_outputs(folder, {"sha256": "1"}, "*.png", marker=marker) is False
+    assert not (folder / "a.png").exists() and (folder / "keep.txt").exists()
+    (folder / "a.png").write_bytes(b"x")
+    assert drop_stale_outputs(folder, {"sha256": "1"}, "*.png", marker=marker) is True
+    assert (folder / "a.png").exists()
+    marker.write_text("{not json")
+    assert drop_stale_outputs(folder, {"sha256": "1"}, "*.png", marker=marker) is False
+    assert not (folder / "a.png").exists()
