@@ -163,3 +163,49 @@ def test_cli_accepts_a_run_folder(tmp_path, checkpoint):
     assert main(["predict", str(run), str(tmp_path / "one.png"), "--out", str(tmp_path / "o"),
                  "--device", "cpu", "--scales", "1.0"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["one.png", "one_overlay.jpg"]
+
+
+def test_crf_without_pydensecrf_fails_before_any_work(tmp_path, checkpoint, monkeypatch):
+    import sys
+
+    from PIL import Image
+
+    from plda.cli.predict import predict_images
+    from plda.errors import PldaError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # makes the import fail
+    with pytest.raises(PldaError, match="pydensecrf"):
+        predict_images(checkpoint, [tmp_path / "a.png"], tmp_path / "out", crf=True,
+                       device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_crf_prediction_writes_valid_masks(tmp_path, checkpoint):
+    pytest.importorskip("pydensecrf.densecrf")
+    from PIL import Image
+
+    from plda.cli.predict import predict_images
+    from plda.vis.palette import load_label_png
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+                    ).save(tmp_path / "a.png")
+    res = predict_images(checkpoint, [tmp_path / "a.png"], tmp_path / "out", crf=True,
+                         device="cpu", overlay=False)
+    labels = load_label_png(tmp_path / "out" / "a.png")
+    assert res["written"] == 1 and labels.shape == (20, 30) and labels.max() < len(CLASSES)
+
+
+def test_device_and_scales_options_are_checked():
+    from plda.cli.predict import parse_scales, resolve_device
+    from plda.errors import ConfigError
+
+    assert parse_scales("1.0, 0.75,1.25") == (1.0, 0.75, 1.25)
+    for bad in ("", "1,-1", "a"):
+        with pytest.raises(ConfigError, match="--scales"):
+            parse_scales(bad)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -155,6 +155,10 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
     from plda.vis.palette import save_label_png
 
     files = collect_inputs(inputs)
+    if crf:  # fail before any work, not at the first image
+        from plda.refinement.crf import require_pydensecrf
+
+        require_pydensecrf()
     scales = tuple(float(s) for s in scales)
     if not scales or min(scales) <= 0:
         raise ConfigError(f"scales={list(scales)}: expected one or more positive numbers")

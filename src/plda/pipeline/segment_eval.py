@@ -86,6 +86,10 @@ def evaluate_segmentation(cfg: RunConfig, splits=None, *, weights=None, dist=Non
     from plda.vis.palette import save_label_png
 
     dist = dist if dist is not None else init_distributed()
+    if cfg.seg.crf:  # fail before any work, not at the first image
+        from plda.refinement.crf import require_pydensecrf
+
+        require_pydensecrf()
     layout = load_layout(cfg, generate=False)
     path = seg_weights_path(cfg, weights)
     net, meta = load_segmentation_net(path, device=dist.device)
