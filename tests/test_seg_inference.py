@@ -255,3 +255,60 @@ def test_drop_stale_outputs_keeps_matching_and_clears_other_sources(tmp_path):
     marker.write_text("{not json")
     assert drop_stale_outputs(folder, {"sha256": "1"}, "*.png", marker=marker) is False
     assert not (folder / "a.png").exists()
+
+
+_RANK_SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from plda.config import load_run_config
+from plda.engine.distributed import cleanup, init_distributed
+from plda.pipeline.segment_eval import evaluate_segmentation
+dist = init_distributed()
+res = evaluate_segmentation(load_run_config(sys.argv[1]), dist=dist)
+print(json.dumps({"rank": dist.rank, "res": res}))
+cleanup()
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_images_and_agree_with_one(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from plda.config.loader import save_config
+    from plda.pipeline.segment_eval import evaluate_segmentation
+
+    cfg, run, layout = _seg_run(tmp_path, "seg.scales=[1.0]")
+    save_config(cfg, run / "config.yaml")
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PLDA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU even where a GPU is visible
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", str(script),
+                           str(run / "config.yaml")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(o["rank"] for o in outs) == [0, 1]
+    assert outs[0]["res"] == outs[1]["res"]  # every rank returns the scores
+    ddp = outs[0]["res"]["val"]
+    assert ddp["written"] == 4 and ddp["images"] == 4 and "miou" in ddp
+    ddp_maps = {p.name: p.read_bytes() for p in (run / "seg" / "val").iterdir()}
+    assert len(ddp_maps) == 4
+
+    import shutil
+
+    from plda.engine.distributed import single_process
+
+    shutil.rmtree(run / "seg")
+    single = evaluate_segmentation(cfg, dist=single_process("cpu"))["val"]
+    assert single["miou"] == ddp["miou"]
+    assert {p.name: p.read_bytes() for p in (run / "seg" / "val").iterdir()} == ddp_maps
