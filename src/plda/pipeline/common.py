@@ -203,4 +203,4 @@ def drop_stale_outputs(folder: Path, source: dict, pattern: str,
 
 __all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "dataset_root", "drop_stale_outputs",
            "file_sha256", "load_layout", "load_stage1_model", "run_dir", "to_dict",
-           "update_metrics", "write_run_config"]
+           "train_on_masks", "update_metrics", "write_run_config"]
