@@ -263,6 +263,9 @@ def test_segment_train_cli_writes_weights_and_metrics(one_thread, tmp_path, caps
     assert metrics["seg_train"]["steps"] == 3 and metrics["seg_train"]["images"] == 8
     assert (tmp_path / "run" / "deeplab" / "checkpoints").is_dir()
     assert (tmp_path / "run" / "deeplab" / "logs" / "train.jsonl").is_file()
+    # The run folder now names its settings: resuming from it finds the run complete.
+    assert "seg:" in (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["segment", "train", str(tmp_path / "run"), "--resume"]) == 0
 
 
 def test_resolve_mask_dir(tmp_path):

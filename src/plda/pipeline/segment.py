@@ -13,7 +13,8 @@ from pathlib import Path
 
 from plda.config.schema import RunConfig
 from plda.errors import DataError
-from plda.pipeline.common import load_layout, run_dir, train_on_masks, update_metrics
+from plda.pipeline.common import (load_layout, run_dir, train_on_masks, update_metrics,
+                                  write_run_config)
 from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS
 from plda.utils.dist import is_main_process
 
@@ -55,6 +56,10 @@ def train_segmentation(cfg: RunConfig, *, resume: bool = False, dist=None) -> di
         raise DataError(f"pseudo-mask folder {mask_dir} (seg.mask_dir={cfg.seg.mask_dir!r}) not "
                         f"found: run 'plda refine' first, or set seg.mask_dir to a folder of "
                         f"<id>.png label maps for split {cfg.seg.train_split!r}")
+    # The resolved config (seg overrides included) goes to <run_dir>/config.yaml, as stage 1
+    # does: 'plda segment train <run> --resume' and 'plda segment eval <run>' then see the
+    # settings this training used.
+    write_run_config(cfg)
     layout = load_layout(cfg, generate=False)
     class_names = layout.class_names
     net = build_seg_net(cfg, len(class_names))
