@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "plda.cli.train",
     "plda.cli.cam",
     "plda.cli.refine",
+    "plda.cli.segment",
+    "plda.cli.predict",
     "plda.cli.eval",
     "plda.cli.report",
     "plda.cli.weights",

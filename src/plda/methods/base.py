@@ -62,15 +62,7 @@ class StageOneModel(nn.Module, abc.ABC):
     def parameter_groups(self) -> list[dict]:
         """Four torch.optim groups: backbone weights, backbone biases, new-layer weights,
         new-layer biases, with ``lr_mult`` 1/2/10/20 and ``weight_decay_mult`` 1/0/1/0."""
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
-        new_weights: list[nn.Parameter] = []
-        new_biases: list[nn.Parameter] = []
-        for name, p in self.named_parameters():
-            if p.requires_grad and id(p) not in backbone_ids:
-                (new_biases if name.endswith("bias") else new_weights).append(p)
-        lists = (*self.backbone.parameter_groups(), new_weights, new_biases)
-        return [{"params": list(params), "lr_mult": lr, "weight_decay_mult": wd, "name": name}
-                for params, (name, lr, wd) in zip(lists, _GROUPS)]
+        return backbone_and_new_groups(self, self.backbone)
 
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         image, label = batch["image"], batch["label"]
@@ -91,3 +83,18 @@ class StageOneModel(nn.Module, abc.ABC):
         for k, v in (stats or {}).items():
             out[f"stat/{k}"] = torch.as_tensor(v, dtype=total.dtype, device=total.device).detach()
         return out
+
+
+def backbone_and_new_groups(model: nn.Module, backbone: nn.Module) -> list[dict]:
+    """The reference's four SGD groups of ``model``: ``backbone``'s trainable weights (1x lr)
+    and biases (2x, no decay), then every other trainable weight (10x) and bias (20x, no decay).
+    Shared by stage 1 and the stage-2 segmentation net, so both train with the same recipe."""
+    backbone_ids = {id(p) for p in backbone.parameters()}
+    new_weights: list[nn.Parameter] = []
+    new_biases: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in backbone_ids:
+            (new_biases if name.endswith("bias") else new_weights).append(p)
+    lists = (*backbone.parameter_groups(), new_weights, new_biases)
+    return [{"params": list(params), "lr_mult": lr, "weight_decay_mult": wd, "name": name}
+            for params, (name, lr, wd) in zip(lists, _GROUPS)]

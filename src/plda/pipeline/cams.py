@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,20 +23,12 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
     (its folder, and the generator's parameters for "synth", whose images change with them)
     and the inference settings. Files made from anything else are stale: another dataset's
     files share ids such as ``2007_000032`` but not the images."""
-    import hashlib
     from dataclasses import asdict
 
-    from plda.pipeline.common import STAGE1_WEIGHTS
+    from plda.pipeline.common import STAGE1_WEIGHTS, file_sha256
 
     path = Path(weights) if weights else run_dir(cfg) / STAGE1_WEIGHTS
-    digest = None
-    if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    return {"weights": str(path), "sha256": digest, "scales": list(cfg.cam.scales),
+    return {"weights": str(path), "sha256": file_sha256(path), "scales": list(cfg.cam.scales),
             "flip": cfg.cam.flip, "label_source": cfg.cam.label_source,
             "score_threshold": cfg.cam.score_threshold,
             "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
@@ -46,18 +37,9 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
 
 def _drop_stale_cams(folder: Path, source: dict) -> None:
     """Empty ``folder`` if its CAMs came from other weights or settings (rank 0)."""
-    from plda.utils.io import atomic_write_json
+    from plda.pipeline.common import drop_stale_outputs
 
-    marker = folder / "source.json"
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == source:
-                return
-        except json.JSONDecodeError:
-            pass
-    for f in folder.glob("*.npz"):
-        f.unlink()
-    atomic_write_json(marker, source)
+    drop_stale_outputs(folder, source, "*.npz")
 
 
 def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:

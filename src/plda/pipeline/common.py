@@ -118,6 +118,37 @@ def _maybe_convert_reference(state: dict) -> dict:
     return convert_reference_state_dict(state)
 
 
+def train_on_masks(cfg: RunConfig, model, net, opts, mask_dir: Path, out: Path,
+                   weights: Path, *, split: str, resume: bool, dist, save=None) -> dict:
+    """Train ``model`` (which wraps ``net``) with the shared Trainer on ``split``'s label PNGs in
+    ``mask_dir`` (``opts``: crop, scale, flip, train), checkpoints and logs in ``out``; after an
+    uninterrupted run rank 0 writes ``weights`` (``save(weights, net)`` if given, else the plain
+    state dict). Returns the training summary. Used by every network trained on masks (IRN,
+    AffinityNet, DeepLab), so they share one data path, one loop and one summary."""
+    from plda.data.datasets import SegmentationDataset
+    from plda.data.transforms import SegTransform
+    from plda.engine.trainer import Trainer
+    from plda.weights.io import save_state_dict_file
+
+    transform = SegTransform(crop=opts.crop, scale=tuple(opts.scale), flip=opts.flip,
+                             mean=tuple(net.input_mean), std=tuple(net.input_std))
+    dataset = SegmentationDataset(load_layout(cfg, generate=False), split, transform,
+                                  mask_dir=mask_dir, seed=opts.train.seed)
+    result = Trainer(model, dataset, opts.train, out, dist=dist,
+                     config_dict=to_dict(cfg)).fit(resume=resume)
+    if not result.interrupted and is_main_process():
+        if save is not None:
+            save(weights, net)
+        else:
+            save_state_dict_file(weights, {k: v.detach().cpu()
+                                           for k, v in net.state_dict().items()})
+    return {"steps": result.step, "total_steps": result.total_steps,
+            "interrupted": result.interrupted, "wall_time_s": result.wall_time_s,
+            "images": len(dataset),
+            "final": {k: v for k, v in (result.metrics or {}).items()
+                      if isinstance(v, (int, float))}}
+
+
 def update_metrics(cfg: RunConfig, section: str, values: dict) -> dict:
     """Merge ``values`` under ``section`` of ``<run_dir>/metrics.json`` (rank 0, atomic)."""
     from plda.utils.io import atomic_write_json
@@ -135,5 +166,42 @@ def update_metrics(cfg: RunConfig, section: str, values: dict) -> dict:
     return data
 
 
-__all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "dataset_root", "load_layout",
-           "load_stage1_model", "run_dir", "to_dict", "update_metrics", "write_run_config"]
+def file_sha256(path: str | Path) -> str | None:
+    """Hex SHA-256 of a file's bytes (``None`` when there is no such file): outputs record
+    the digest of the weights they came from, so retrained weights make them stale."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def drop_stale_outputs(folder: Path, source: dict, pattern: str,
+                       marker: Path | None = None) -> bool:
+    """Delete the ``pattern`` files of ``folder`` unless the JSON ``marker`` (default
+    ``folder/source.json``) records the same ``source`` (weights digest and settings); then
+    record ``source``. Resumable steps skip files that exist, so outputs of other weights or
+    settings must go first (rank 0, before the others start). Returns whether files were kept."""
+    from plda.utils.io import atomic_write_json
+
+    marker = Path(marker) if marker is not None else Path(folder) / "source.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == source:
+                return True
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    for f in Path(folder).glob(pattern):
+        f.unlink()
+    atomic_write_json(marker, source)
+    return False
+
+
+__all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "dataset_root", "drop_stale_outputs",
+           "file_sha256", "load_layout", "load_stage1_model", "run_dir", "to_dict",
+           "train_on_masks", "update_metrics", "write_run_config"]

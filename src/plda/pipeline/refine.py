@@ -108,28 +108,12 @@ def build_boundary_net(cfg: RunConfig, num_classes: int):
 
 def _train_on_labels(cfg: RunConfig, model, net, opts, label_dir: Path, out: Path,
                      weights: str, *, resume: bool, dist) -> dict:
-    """Train a refinement network (``model`` wraps ``net``) with the shared trainer on the
-    training split's label PNGs in ``label_dir`` (``opts``: crop, scale, flip, train); write
-    ``out/weights`` (rank 0) unless interrupted; return the training summary."""
-    from plda.data.datasets import SegmentationDataset
-    from plda.data.transforms import SegTransform
-    from plda.engine.trainer import Trainer
-    from plda.pipeline.common import to_dict
-    from plda.weights.io import save_state_dict_file
+    """Train a refinement network (``model`` wraps ``net``) on the training split's label PNGs
+    in ``label_dir`` (``opts``: crop, scale, flip, train); ``out/weights`` at the end."""
+    from plda.pipeline.common import train_on_masks
 
-    transform = SegTransform(crop=opts.crop, scale=tuple(opts.scale), flip=opts.flip,
-                             mean=tuple(net.input_mean), std=tuple(net.input_std))
-    dataset = SegmentationDataset(load_layout(cfg, generate=False), cfg.data.train_split,
-                                  transform, mask_dir=label_dir, seed=opts.train.seed)
-    result = Trainer(model, dataset, opts.train, out, dist=dist,
-                     config_dict=to_dict(cfg)).fit(resume=resume)
-    if not result.interrupted and is_main_process():
-        save_state_dict_file(out / weights,
-                             {k: v.detach().cpu() for k, v in net.state_dict().items()})
-    return {"steps": result.step, "total_steps": result.total_steps,
-            "interrupted": result.interrupted, "wall_time_s": result.wall_time_s,
-            "final": {k: v for k, v in (result.metrics or {}).items()
-                      if isinstance(v, (int, float))}}
+    return train_on_masks(cfg, model, net, opts, label_dir, out, out / weights,
+                          split=cfg.data.train_split, resume=resume, dist=dist)
 
 
 def train_boundary(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:

@@ -1,0 +1,84 @@
+"""``plda segment train``: stage 2, the DeepLab network trained on the pseudo masks.
+
+Inputs: the run folder's pseudo masks of ``seg.train_split`` (``seg.mask_dir``, by default
+``<run_dir>/pseudo/train`` from ``plda refine``). Outputs in ``<run_dir>/deeplab/``:
+``checkpoints/``, ``logs/train.jsonl``, ``train_config.json`` and, once training finishes,
+``segmentation.safetensors`` (self-describing: arch, backbone, classes); the summary goes to
+``metrics.json`` section ``seg_train``. An interrupted run continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plda.config.schema import RunConfig
+from plda.errors import DataError
+from plda.pipeline.common import (load_layout, run_dir, train_on_masks, update_metrics,
+                                  write_run_config)
+from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS
+from plda.utils.dist import is_main_process
+
+
+def seg_dir(cfg: RunConfig) -> Path:
+    return run_dir(cfg) / SEG_DIR
+
+
+def seg_weights_path(cfg: RunConfig) -> Path:
+    return seg_dir(cfg) / SEG_WEIGHTS
+
+
+def resolve_mask_dir(cfg: RunConfig) -> Path:
+    """``seg.mask_dir`` as a path; a relative one is inside the run folder."""
+    path = Path(cfg.seg.mask_dir).expanduser()
+    return path if path.is_absolute() else run_dir(cfg) / path
+
+
+def build_seg_net(cfg: RunConfig, num_classes: int, pretrained: bool = True):
+    """The configured segmentation network; ``num_classes`` counts the background."""
+    from plda.engine.seed import seeded
+    from plda.segmentation.models import build_segmentation_net
+
+    m = cfg.seg.model
+    with seeded(cfg.seg.train.seed):  # the same initial head in every run of this config
+        return build_segmentation_net(m.arch, m.backbone, num_classes,
+                                      output_stride=m.output_stride,
+                                      pretrained=m.pretrained if pretrained else None,
+                                      frozen_bn=m.frozen_bn)
+
+
+def train_segmentation(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
+    """Train the segmentation net of ``cfg`` on its pseudo masks; return the training summary.
+    Under ``torchrun`` every rank calls it (rank 0 writes the files)."""
+    from plda.engine.distributed import init_distributed
+    from plda.segmentation.models import save_segmentation_net
+    from plda.segmentation.training import SegmentationTrainModel
+
+    dist = dist if dist is not None else init_distributed()
+    mask_dir = resolve_mask_dir(cfg)
+    if not mask_dir.is_dir():
+        raise DataError(f"pseudo-mask folder {mask_dir} (seg.mask_dir={cfg.seg.mask_dir!r}) not "
+                        f"found: run 'plda refine' first, or set seg.mask_dir to a folder of "
+                        f"<id>.png label maps for split {cfg.seg.train_split!r}")
+    # The resolved config (seg overrides included) goes to <run_dir>/config.yaml, as stage 1
+    # does: 'plda segment train <run> --resume' and 'plda segment eval <run>' then see the
+    # settings this training used.
+    write_run_config(cfg)
+    layout = load_layout(cfg, generate=False)
+    class_names = layout.class_names
+    net = build_seg_net(cfg, len(class_names))
+
+    def save(path: Path, trained) -> None:
+        save_segmentation_net(path, trained, class_names)
+
+    summary = train_on_masks(cfg, SegmentationTrainModel(net), net, cfg.seg, mask_dir,
+                             seg_dir(cfg), seg_weights_path(cfg), split=cfg.seg.train_split,
+                             resume=resume, dist=dist, save=save)
+    summary.update({"arch": net.arch, "backbone": net.backbone_name,
+                    "weights": str(seg_weights_path(cfg))})
+    if not summary["interrupted"] and is_main_process():
+        update_metrics(cfg, "seg_train", summary)
+    return summary
+
+
+__all__ = ["SEG_DIR", "SEG_WEIGHTS", "build_seg_net", "resolve_mask_dir", "seg_dir",
+           "seg_weights_path", "train_segmentation"]
