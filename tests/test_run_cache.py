@@ -171,3 +171,43 @@ def test_run_killed_mid_stage_resumes_to_the_uninterrupted_result(tmp_path):
     m1 = json.loads((clean / "metrics.json").read_text())["seeds"]
     m2 = json.loads((killed / "metrics.json").read_text())["seeds"]
     assert m1 == m2
+
+
+SEG_TINY = ["refine.method=pamr", "seg.model.pretrained=null", "seg.crop=64",
+            "seg.train.iterations=4", "seg.train.batch_size=4", "seg.train.num_workers=0",
+            "seg.train.log_every=1", "seg.train.checkpoint_every=2", "seg.scales=[1.0]"]
+
+
+@pytest.mark.slow
+def test_whole_chain_then_cached_then_only_evaluation_reruns(tmp_path):
+    """data -> ... -> report on the tiny synthetic set; a second call skips every stage; a new
+    evaluation scale re-runs segmentation evaluation and the report only."""
+    from plda.pipeline.run import STAGES, format_metrics, plan, run_pipeline
+
+    run = tmp_path / "run"
+    cfg = _cfg(run, *SEG_TINY)
+    metrics = run_pipeline(cfg, log=lambda _: None)
+    assert set(metrics["pipeline"]) == set(STAGES)
+    for section in ("seeds", "pseudo", "seg_train", "seg"):
+        assert section in metrics, section
+    assert 0.0 <= metrics["seg"]["val"]["miou"] <= 100.0
+    assert len(list((run / "seg" / "val").glob("*.png"))) == 4
+    assert len(list((run / "pseudo" / "train").glob("*.png"))) == 8
+    assert (run / "deeplab" / "segmentation.safetensors").is_file()
+    assert (run / "report.html").is_file()
+    table = format_metrics(metrics)
+    assert "segmentation" in table and "pseudo masks" in table
+
+    assert set(plan(cfg).values()) == {"skip"}
+    report_stamp = (run / "report.html").stat().st_mtime_ns
+    run_pipeline(cfg, log=lambda _: None)
+    assert (run / "report.html").stat().st_mtime_ns == report_stamp
+
+    weights = (run / "deeplab" / "segmentation.safetensors").stat().st_mtime_ns
+    changed = _cfg(run, *SEG_TINY, "seg.eval_flip=false")
+    actions = plan(changed)
+    assert [s for s, a in actions.items() if a != "skip"] == ["seg_eval", "report"]
+    again = run_pipeline(changed, log=lambda _: None)
+    assert (run / "deeplab" / "segmentation.safetensors").stat().st_mtime_ns == weights
+    assert (run / "report.html").stat().st_mtime_ns != report_stamp
+    assert set(again["pipeline"]) == set(STAGES)  # earlier timings kept, new ones merged

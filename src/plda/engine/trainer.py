@@ -174,7 +174,13 @@ class Trainer:
         world, rank = self.dist.world_size, self.dist.rank
 
         if cfg.sync_batchnorm and self.dist.is_distributed:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if self.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                # PyTorch's SyncBatchNorm runs on CUDA only: on CPU (gloo) each rank keeps its
+                # own batch statistics.
+                _log.warning("train.sync_batchnorm ignored on %s: SyncBatchNorm needs CUDA",
+                             self.device.type)
         self.model = model.to(self.device)
         self.local_batch = cfg.local_batch_size(world)
         self.sampler = EpochShardSampler(len(dataset), global_batch=cfg.batch_size,
