@@ -1,16 +1,21 @@
-"""The real-data seed benchmark: plain CAM, SEAM and SEAM+PLDA on the 1,545-image VOC sample.
+"""The real-data benchmark: plain CAM, SEAM and SEAM+PLDA on the 1,545-image VOC sample, from
+image-level labels to a segmentation network.
 
-    python benchmarks/voc12subset.py --out runs/voc12subset            # about 60 min, 2 cores
+    python benchmarks/voc12subset.py --out runs/voc12subset            # the whole chain
+    python benchmarks/voc12subset.py --out runs/vs --refine none       # seeds only
     python benchmarks/voc12subset.py --out /tmp/vq --quick             # a smoke run, minutes
     python benchmarks/voc12subset.py --suite synth --out runs/synth-methods   # synthetic data
 
 Each method trains from the pretrained EfficientNet-Lite0 with the same budget, crop and seed
 (presets ``voc12subset_<method>_effnetlite0``), infers CAMs for train and val, chooses the
-background threshold by the sweep on train only, and writes seeds. Every method's run folder is
-``OUT/<method>/`` in the pipeline's layout (``seeds/<split>/<id>.png``, ``metrics.json``, ...);
-re-running skips what is complete. The table gives seed mIoU on train and val over every class
-present in the split's ground truth and over the 13 classes the sample supports (at least 20
-train and 4 val images), the chosen threshold, training minutes and inference seconds/image.
+background threshold by the sweep on train only, writes seeds, refines the training split into
+pseudo masks (``--refine``, default IRN), trains the light DeepLab on them and evaluates it on
+val (``--no-seg`` stops before). Each method runs as ``plda run`` in ``OUT/<method>/`` (the
+pipeline's run-folder layout: ``seeds/<split>/``, ``pseudo/train/``, ``seg/val/``,
+``metrics.json``, ``report.html``); re-running skips what is complete. The table gives seed mIoU
+on train and val over every class present in the split's ground truth and over the 13 classes
+the sample supports (at least 20 train and 4 val images), the chosen threshold, training
+minutes, inference seconds/image, the pseudo masks' train mIoU and the segmentation's val mIoU.
 ``OUT/results.json`` keeps it all, per-class IoU included, and each method's loss terms at the
 start and end of training (the first and last logged windows of ``logs/train.jsonl``).
 ``--suite synth`` runs the same comparison on the built-in synthetic dataset (presets
@@ -35,6 +40,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 def _quick_dataset(source: Path, target: Path, n_train: int, n_val: int) -> Path:
     """A VOC-layout folder with the first ids of each split, linking the sample's files."""
     from plda.data.layout import read_id_list
+    from plda.utils.io import atomic_write_text
 
     for sub in ("JPEGImages", "SegmentationClassAug"):
         link = target / sub
@@ -46,10 +52,10 @@ def _quick_dataset(source: Path, target: Path, n_train: int, n_val: int) -> Path
     keep = set()
     for split, n in (("train", n_train), ("val", n_val)):
         ids = read_id_list(source / "ImageSets" / "Segmentation" / f"{split}.txt")[:n]
-        (lists / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        atomic_write_text(lists / f"{split}.txt", "".join(f"{i}\n" for i in ids))
         keep.update(ids)
     labels = json.loads((source / "image_labels.json").read_text())
-    (target / "image_labels.json").write_text(json.dumps({k: v for k, v in labels.items()
+    atomic_write_text(target / "image_labels.json", json.dumps({k: v for k, v in labels.items()
                                                           if k in keep}))
     return target
 
@@ -75,46 +81,46 @@ def _loss_terms(run: Path) -> dict:
 
 
 def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
-               suite: str = "voc12subset", refine: str = "none") -> dict:
+               suite: str = "voc12subset", refine: str = "irn", seg: bool = True) -> dict:
+    """The method's whole chain through ``plda run`` (each finished stage skipped on a re-run):
+    stage 1 -> CAMs -> seeds, then (unless ``refine == "none"``) pseudo masks and (``seg``)
+    the light DeepLab trained on them and evaluated on val. One results row."""
     from plda.config import load_run_config
-    from plda.pipeline.cams import make_cams, make_seeds
     from plda.pipeline.run import run_pipeline
 
     preset = f"synth_{method}" if suite == "synth" else f"voc12subset_{method}_effnetlite0"
     location = [f"run_dir={out / method}"] + ([] if suite == "synth" else [f"data.root={data}"])
     refine_override = [] if refine == "none" else [f"refine.method={refine}"]
     cfg = load_run_config(preset, [*location, *overrides, *refine_override])
-    t0 = time.perf_counter()
-    run_pipeline(cfg, until="train")
-    train_wall = time.perf_counter() - t0
-    cams = make_cams(cfg)
-    seeds = make_seeds(cfg)
-    metrics = json.loads((out / method / "metrics.json").read_text())
+    until = "seeds" if refine == "none" else "seg_eval" if seg else "refine"
+    metrics = run_pipeline(cfg, until=until)
+    seeds, cams = metrics["seeds"], metrics.get("cam", {})
     images = sum(s.get("written", 0) for s in cams.values())
-    cam_seconds = sum(s.get("seconds", 0.0) for s in cams.values())
+    cam_seconds = sum(s.get("seconds_per_image", 0.0) * s.get("written", 0)
+                      for s in cams.values())
     row = {"method": method, "bg_threshold": seeds["bg_threshold"],
-           "train_minutes": metrics.get("train", {}).get("wall_time_s", train_wall) / 60.0,
+           "train_minutes": metrics.get("train", {}).get("wall_time_s", 0.0) / 60.0,
            "cam_images_inferred": images,
-           "cam_seconds_per_image": cam_seconds / images if images else None}
+           "cam_seconds_per_image": cam_seconds / images if images else None,
+           "stage_seconds": metrics.get("pipeline", {})}
+
+    def scored(prefix: str, res: dict | None) -> None:
+        res = res or {}
+        row[f"{prefix}_miou_present"] = res.get("miou")
+        row[f"{prefix}_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED) \
+            if suite == "voc12subset" and res else None  # the 13 VOC classes mean nothing elsewhere
+        row[f"{prefix}_iou"] = res.get("iou")
+
     for split in ("train", "val"):
-        res = seeds.get(split, {})
-        row[f"{split}_miou_present"] = res.get("miou")
-        row[f"{split}_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED) \
-            if suite == "voc12subset" else None  # the 13 VOC classes mean nothing elsewhere
-        row[f"{split}_iou"] = res.get("iou")
+        scored(split, seeds.get(split))
     row["loss_terms"] = _loss_terms(out / method)
     if refine != "none":
-        from plda.pipeline.refine import refine as run_refine
-
-        t0 = time.perf_counter()
-        pseudo = run_refine(cfg, splits=[cfg.data.train_split])["pseudo"]
         row["refine"] = refine
-        row["refine_minutes"] = (time.perf_counter() - t0) / 60.0
-        res = pseudo.get(cfg.data.train_split, {})
-        row["pseudo_train_miou_present"] = res.get("miou")
-        row["pseudo_train_miou_13"] = _mean(res.get("iou", {}).get(c) for c in SUPPORTED) \
-            if suite == "voc12subset" else None
-        row["pseudo_train_iou"] = res.get("iou")
+        row["refine_minutes"] = metrics.get("pipeline", {}).get("refine", 0.0) / 60.0
+        scored("pseudo_train", metrics.get("pseudo", {}).get(cfg.data.train_split))
+    if refine != "none" and seg:
+        row["seg_minutes"] = metrics.get("pipeline", {}).get("seg_train", 0.0) / 60.0
+        scored("seg_val", metrics.get("seg", {}).get(cfg.data.val_split))
     return row
 
 
@@ -132,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--refine", choices=("irn", "affinity", "crf", "pamr", "none"), default="irn",
                    help="refinement of the training split's seeds into pseudo masks "
                         "(pseudo/train/<id>.png; default irn, the preset's)")
+    p.add_argument("--no-seg", action="store_true",
+                   help="stop after the pseudo masks (no DeepLab training / evaluation)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 64 train / 32 val images, 16 steps per method")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every method")
@@ -148,18 +156,21 @@ def main(argv=None) -> int:
         if args.suite == "voc12subset":
             data = _quick_dataset(args.data, args.out / "quick-data", 64, 32)
         overrides = ["train.epochs=null", "train.iterations=16", "train.checkpoint_every=8",
-                     *overrides]
+                     "refine.irn.train.epochs=1", "refine.affinity.train.epochs=1",
+                     "seg.train.iterations=8", *overrides]
     rows = []
     for method in methods:
         print(f"== {method}", flush=True)
-        rows.append(run_method(method, args.out, data, overrides, args.suite, args.refine))
+        rows.append(run_method(method, args.out, data, overrides, args.suite, args.refine,
+                               seg=not args.no_seg))
     from plda.utils.io import atomic_write_json
 
     atomic_write_json(args.out / "results.json", {"suite": args.suite, "data": str(data),
                                                   "overrides": overrides, "rows": rows})
     print(f"\n{'method':10s} {'train mIoU':>10s} {'val mIoU':>9s} {'train 13':>9s} "
           f"{'val 13':>7s} {'thr':>5s} {'train min':>9s} {'infer s/img':>11s} "
-          f"{'pseudo train':>12s} {'pseudo 13':>9s} {'refine min':>10s}")
+          f"{'pseudo train':>12s} {'pseudo 13':>9s} {'refine min':>10s} "
+          f"{'seg val':>7s} {'seg val 13':>10s} {'seg min':>7s}")
     for r in rows:
         print(f"{r['method']:10s} {_fmt(r['train_miou_present'], '10.1f')} "
               f"{_fmt(r['val_miou_present'], '9.1f')} {_fmt(r['train_miou_13'], '9.1f')} "
@@ -167,9 +178,12 @@ def main(argv=None) -> int:
               f"{r['train_minutes']:9.1f} {_fmt(r['cam_seconds_per_image'], '11.3f')} "
               f"{_fmt(r.get('pseudo_train_miou_present'), '12.1f')} "
               f"{_fmt(r.get('pseudo_train_miou_13'), '9.1f')} "
-              f"{_fmt(r.get('refine_minutes'), '10.1f')}")
+              f"{_fmt(r.get('refine_minutes'), '10.1f')} "
+              f"{_fmt(r.get('seg_val_miou_present'), '7.1f')} "
+              f"{_fmt(r.get('seg_val_miou_13'), '10.1f')} {_fmt(r.get('seg_minutes'), '7.1f')}")
     print("mIoU: seed mIoU (%) over the classes present in the split / over the 13 supported "
-          "classes; threshold chosen on train; pseudo: the refined training masks. "
+          "classes; threshold chosen on train; pseudo: the refined training masks; seg: the light "
+          "DeepLab trained on them, on val. "
           f"Results: {args.out / 'results.json'}")
     print("\nloss terms, first -> last logged window:")
     for r in rows:

@@ -96,7 +96,8 @@ def test_refine_irn_end_to_end_resumes_and_scores(tmp_path):
     from plda.pipeline.run import run_pipeline
 
     run = tmp_path / "run"
-    cfg = load_run_config("synth_cam", [*TINY, f"run_dir={run}", "refine.irn.crop=64",
+    cfg = load_run_config("synth_cam", [*TINY, f"run_dir={run}", "refine.method=irn",
+                                        "refine.irn.crop=64",
                                         "refine.irn.width=8", "refine.irn.train.batch_size=4",
                                         "refine.irn.train.log_every=1",
                                         "refine.irn.train.num_workers=0",

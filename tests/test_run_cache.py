@@ -16,11 +16,10 @@ import pytest
 
 from plda.config import load_run_config
 
-TINY = ["data.synth.n_train=8", "data.synth.n_val=4", "data.synth.size=64",
-        "data.synth.num_classes=3", "data.resize_long=[56,72]", "data.crop=64",
-        "model.pretrained=null", "model.output_stride=16", "train.epochs=1", "train.batch_size=4",
-        "train.log_every=1", "train.checkpoint_every=1", "cam.scales=[1.0]",
-        "cam.sweep=[0.1,0.5,0.1]", "train.deterministic=true"]
+from test_pipeline import TINY as _PIPELINE_TINY
+
+# The pipeline tests' tiny synthetic run, deterministic (kill/resume must reproduce it).
+TINY = [*_PIPELINE_TINY, "train.deterministic=true"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +47,9 @@ def test_fingerprints_chain_and_ignore_bookkeeping(tmp_path):
     # The refinement settings that count are those of the chosen method.
     other = fingerprints(_cfg(tmp_path, "refine.affinity.beta=4"))
     assert other["refine"] == base["refine"]
-    assert fingerprints(_cfg(tmp_path, "refine.irn.beta=4"))["refine"] != base["refine"]
+    irn = fingerprints(_cfg(tmp_path, "refine.method=irn"))["refine"]
+    assert irn != base["refine"]
+    assert fingerprints(_cfg(tmp_path, "refine.method=irn", "refine.irn.beta=4"))["refine"] != irn
 
 
 def test_stage_range_errors(tmp_path):
@@ -211,3 +212,16 @@ def test_whole_chain_then_cached_then_only_evaluation_reruns(tmp_path):
     assert (run / "deeplab" / "segmentation.safetensors").stat().st_mtime_ns == weights
     assert (run / "report.html").stat().st_mtime_ns != report_stamp
     assert set(again["pipeline"]) == set(STAGES)  # earlier timings kept, new ones merged
+
+
+def test_dry_run_prints_each_stage_and_runs_nothing(tmp_path, capsys):
+    from plda.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["run", "synth_cam", *TINY, f"run_dir={run}", "--from", "cam", "--until",
+                 "seg_eval", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert [line.split() for line in lines if line.strip()] == [
+        ["cam", "run"], ["seeds", "run"], ["refine", "run"], ["seg_train", "run"],
+        ["seg_eval", "run"]]
+    assert not run.exists()

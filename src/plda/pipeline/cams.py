@@ -68,6 +68,10 @@ def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:
         barrier()
         res["wall_time_s"] = time.perf_counter() - t0
         summary[split] = res
+    # Rank 0's share: images written / skipped and its seconds per written image.
+    update_metrics(cfg, "cam", {split: {k: res[k] for k in ("written", "skipped", "total",
+                                                           "seconds_per_image", "wall_time_s")}
+                                for split, res in summary.items()})
     return summary
 
 

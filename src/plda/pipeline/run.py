@@ -125,7 +125,7 @@ STAGE_OUTPUTS = {
     "report": ("report.html",),
 }
 # metrics.json sections each stage writes (dropped with its outputs).
-STAGE_METRICS = {"train": ("train",), "seeds": ("seeds",),
+STAGE_METRICS = {"train": ("train",), "cam": ("cam",), "seeds": ("seeds",),
                  "refine": ("pseudo", "irn_train", "affinity_train"),
                  "seg_train": ("seg_train",), "seg_eval": ("seg",)}
 
@@ -359,7 +359,8 @@ def run_pipeline(cfg: RunConfig, *, start: str | None = None, until: str | None 
 
 
 def _fmt(value, spec: str = "6.1f") -> str:
-    return "-" if value is None else format(value, spec)
+    width = int(spec.split(".")[0] or 0)
+    return "-".rjust(width) if value is None else format(value, spec)
 
 
 def format_metrics(metrics: dict) -> str:
