@@ -281,6 +281,8 @@ def test_svg_helpers():
     assert nice_ticks(0, 100, 5) == [0, 20, 40, 60, 80, 100]
     ticks = nice_ticks(3.0, 3.0)
     assert ticks[0] < 3.0 < ticks[-1]
+    # The axis covers the data: a maximum just above a round step gets the next tick.
+    assert nice_ticks(13.6, 20.4) == [12, 14, 16, 18, 20, 22]
     # A None breaks the line into two polylines; a lone point is still drawn as a dot.
     svg = line_chart([("a", [1, 2, 3, 4, 5], [1.0, 2.0, None, 3.0, 4.0])], marker_x=2,
                      marker_label="x<y")

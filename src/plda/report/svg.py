@@ -46,11 +46,9 @@ def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -
     if integer:
         step = max(1.0, float(math.ceil(step)))
     first = math.floor(low / step + 1e-9) * step
-    ticks = []
-    value = first
-    while value < high + step * 0.5:
-        ticks.append(round(value, 12))
-        value += step
+    ticks = [round(first, 12)]
+    while ticks[-1] < high - step * 1e-9:  # the last tick reaches the data's maximum
+        ticks.append(round(first + len(ticks) * step, 12))
     return ticks
 
 
