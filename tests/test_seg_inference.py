@@ -258,7 +258,7 @@ def test_drop_stale_outputs_keeps_matching_and_clears_other_sources(tmp_path):
 
 
 _RANK_SCRIPT = """
-import json, sys
+import json, pathlib, sys
 import torch
 torch.set_num_threads(1)
 from plda.config import load_run_config
@@ -266,7 +266,9 @@ from plda.engine.distributed import cleanup, init_distributed
 from plda.pipeline.segment_eval import evaluate_segmentation
 dist = init_distributed()
 res = evaluate_segmentation(load_run_config(sys.argv[1]), dist=dist)
-print(json.dumps({"rank": dist.rank, "res": res}))
+# One file per rank: two ranks printing at once can interleave on one stdout line.
+out = pathlib.Path(sys.argv[2]) / f"rank{dist.rank}.json"
+out.write_text(json.dumps({"rank": dist.rank, "res": res}))
 cleanup()
 """
 
@@ -293,10 +295,10 @@ def test_two_ranks_share_the_images_and_agree_with_one(tmp_path):
            "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU even where a GPU is visible
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            "--master_addr=127.0.0.1", f"--master_port={port}", str(script),
-                           str(run / "config.yaml")], env=env, capture_output=True, text=True,
-                          timeout=300)
+                           str(run / "config.yaml"), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    outs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    outs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(o["rank"] for o in outs) == [0, 1]
     assert outs[0]["res"] == outs[1]["res"]  # every rank returns the scores
     ddp = outs[0]["res"]["val"]
