@@ -330,10 +330,6 @@ def run_pipeline(cfg: RunConfig, *, start: str | None = None, until: str | None 
         if is_main_process():
             records[stage] = {"fingerprint": prints[stage], "done": False,
                               "settings": stage_settings(cfg, stage)}
-            # A stage that runs again makes the records of the later ones meaningless.
-            for later in STAGES[STAGES.index(stage) + 1:]:
-                if later in records and records[later].get("fingerprint") != prints[later]:
-                    records[later]["done"] = False
             _write_records(out, records)
         t0 = time.perf_counter()
         STAGE_FUNCTIONS[stage](cfg, dist)
