@@ -36,11 +36,12 @@ def seg_out_dir(cfg: RunConfig) -> Path:
 def seg_weights_path(cfg: RunConfig, weights=None) -> Path:
     """The weights file to evaluate: ``weights`` (a file or a run folder), else the run's own
     ``<run_dir>/deeplab/segmentation.safetensors``; a ``DataError`` when that is missing."""
-    from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS, resolve_weights_path
+    from plda.pipeline.segment import seg_weights_path as trained_weights_path
+    from plda.segmentation.models import resolve_weights_path
 
     if weights is not None:
         return resolve_weights_path(weights)
-    path = run_dir(cfg) / SEG_DIR / SEG_WEIGHTS
+    path = trained_weights_path(cfg)
     if not path.is_file():
         raise DataError(f"no trained segmentation network in {run_dir(cfg)}: expected {path} "
                         "(run 'plda segment train' first)")
