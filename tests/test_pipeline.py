@@ -88,10 +88,12 @@ def test_cam_without_trained_model_says_what_to_do(tmp_path):
 
 
 @pytest.mark.slow
-def test_refine_irn_end_to_end_resumes_and_scores(tmp_path):
+@pytest.mark.parametrize("image_scale", [1.0, 0.5])
+def test_refine_irn_end_to_end_resumes_and_scores(tmp_path, image_scale):
     """train -> cam -> seeds -> refine irn on the tiny synthetic set: relation labels, a
     trained boundary net, one pseudo mask per image (labels within the image's classes),
-    pseudo-mask mIoU in metrics.json; re-running keeps every finished file."""
+    pseudo-mask mIoU in metrics.json; re-running keeps every finished file. At image_scale
+    0.5 (CRF, boundary and walk on half-size images) every file still has the image's size."""
     from plda.pipeline.refine import BOUNDARY_WEIGHTS, refine
     from plda.pipeline.run import run_pipeline
 
@@ -101,12 +103,15 @@ def test_refine_irn_end_to_end_resumes_and_scores(tmp_path):
                                         "refine.irn.width=8", "refine.irn.train.batch_size=4",
                                         "refine.irn.train.log_every=1",
                                         "refine.irn.train.num_workers=0",
-                                        "refine.irn.train_radius=4", "refine.irn.exp_times=4"])
+                                        "refine.irn.train_radius=4", "refine.irn.exp_times=4",
+                                        f"refine.irn.image_scale={image_scale}"])
     run_pipeline(cfg, until="seeds")
     summary = refine(cfg, workers=1)
     relations = sorted((run / "irn" / "relations").glob("*.png"))
     assert len(relations) == 8
     assert set(np.unique(load_label_png(relations[0]))) <= {0, 1, 2, 3, 255}
+    assert load_label_png(relations[0]).shape == \
+        load_label_png(run / "data/SegmentationClassAug" / relations[0].name).shape
     assert (run / "irn" / BOUNDARY_WEIGHTS).is_file()
     assert summary["train"]["steps"] == 6  # 8 images, batch 4, IRN's 3 epochs
     metrics = json.loads((run / "metrics.json").read_text())

@@ -121,8 +121,11 @@ def test_save_load_round_trip(one_thread, tmp_path):
         assert (meta["arch"], meta["backbone"], meta["output_stride"], meta["num_classes"]) == \
             ("deeplab_v3plus", "efficientnet_lite0", 16, 3)
         assert meta["input_mean"] == pytest.approx(net.input_mean)
+        # Loaded nets come in NHWC order (faster convolutions): the same weights in the same
+        # order compute the same numbers.
+        assert loaded.head.classifier.weight.is_contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            assert torch.equal(loaded(x), net(x))
+            assert torch.equal(loaded(x), net.to(memory_format=torch.channels_last)(x))
 
 
 def test_save_refuses_wrong_class_count(tmp_path):
@@ -278,3 +281,38 @@ def test_resolve_mask_dir(tmp_path):
     cfg = load_run_config("synth_base", [f"run_dir={tmp_path}", f"seg.mask_dir={tmp_path / 'm'}"])
     assert resolve_mask_dir(cfg) == tmp_path / "m"
 
+
+
+def test_seg_backbone_starts_from_the_stage1_classifier(one_thread, tmp_path):
+    from plda.config import load_run_config
+    from plda.errors import ConfigError
+    from plda.pipeline.common import STAGE1_WEIGHTS, build_stage1_model
+    from plda.pipeline.segment import build_seg_net
+    from plda.weights.io import save_state_dict_file
+
+    overrides = [f"run_dir={tmp_path}", "model.pretrained=null", "seg.model.pretrained=stage1"]
+    cfg = load_run_config("synth_base", overrides)
+    with pytest.raises(ConfigError, match="no trained stage-1 model"):
+        build_seg_net(cfg, 6)
+    stage1 = build_stage1_model(cfg, 5, pretrained=False)
+    with torch.no_grad():  # weights no fresh network has
+        for p in stage1.backbone.parameters():
+            p.add_(torch.randn_like(p))
+    save_state_dict_file(tmp_path / STAGE1_WEIGHTS, stage1.state_dict())
+
+    net = build_seg_net(cfg, 6)
+    own = net.backbone.state_dict()
+    for key, value in stage1.backbone.state_dict().items():
+        assert torch.equal(own[key], value), key
+    # The head is new, and seeded: the same in every build.
+    again = build_seg_net(cfg, 6)
+    assert all(torch.equal(a, b) for a, b in zip(net.head.state_dict().values(),
+                                                 again.head.state_dict().values()))
+    # Without pretrained weights (loading a trained file) nothing is read from stage 1.
+    first = next(name for name, _ in stage1.backbone.named_parameters())
+    assert not torch.equal(build_seg_net(cfg, 6, pretrained=False).backbone.state_dict()[first],
+                           own[first])
+
+    other = load_run_config("synth_base", overrides + ["seg.model.backbone=resnet50"])
+    with pytest.raises(ConfigError, match="needs the stage-1 backbone.*resnet50"):
+        build_seg_net(other, 6)

@@ -107,6 +107,10 @@ class IRNConfig:
     exp_times: int = 8
     # Background score of the walked, max-normalised CAMs (IRN's sem_seg_bg_thres).
     sem_seg_bg_threshold: float = 0.25
+    # Image scale of the label CRF, the boundary map and the walk (1.0 = IRN). 0.5 makes each
+    # about 4x cheaper (the walk's grid is then stride 8 of the image instead of 4): a CPU
+    # setting; train the boundary net at that scale too (``scale``).
+    image_scale: float = 1.0
     # Training crops: random rescale (IRN: long side 320-640 of ~500 px images), flip, crop.
     scale: tuple[float, float] = (0.64, 1.28)
     crop: int = 512
@@ -124,6 +128,9 @@ class IRNConfig:
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ConfigError(f"refine.irn.scale={list(self.scale)!r}: expected [low, high] "
                               "with 0 < low <= high")
+        if not 0 < self.image_scale <= 1:
+            raise ConfigError(f"refine.irn.image_scale={self.image_scale!r}: expected a number "
+                              "in (0, 1]")
 
 
 def _affinity_train() -> TrainConfig:
@@ -162,6 +169,15 @@ class RefineConfig:
     # irn: IRN's boundary branch + random walk; affinity: AffinityNet + random walk; crf / pamr: the seed scores (background plane =
     # the chosen threshold) refined by the dense CRF or by PAMR.
     method: Literal["irn", "affinity", "crf", "pamr"] = "irn"
+    # Splits that get pseudo masks in ``plda run``; null: the segmentation's training split and
+    # ``data.eval_splits`` (their scores go to metrics.json).
+    splits: Optional[tuple[str, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.splits is not None:
+            self.splits = tuple(self.splits)
+            if not self.splits:
+                raise ConfigError("refine.splits=[]: expected at least one split, or null")
     irn: IRNConfig = field(default_factory=IRNConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
@@ -184,7 +200,10 @@ class SegModelConfig:
     arch: Literal["deeplab_v2", "deeplab_v1_largefov", "deeplab_lite",
                   "deeplab_v3plus"] = "deeplab_v2"
     backbone: Literal["resnet38", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet101"
-    # As ``model.pretrained``: a file, "imagenet", "torchvision[:WEIGHTS]" or null.
+    # As ``model.pretrained``: a file, "imagenet", "torchvision[:WEIGHTS]" or null; or
+    # "stage1": the backbone of this run's trained stage-1 classifier (same backbone name
+    # needed). The classifier was fine-tuned on these images and classes, so on a small CPU
+    # budget the DeepLab starts from class-aware features instead of ImageNet's.
     pretrained: Optional[str] = None
     output_stride: int = 8
     frozen_bn: bool = True

@@ -129,13 +129,17 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
+def _to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Tensors of a batch on ``device``; with ``channels_last``, 4-d float tensors (images)
+    in NHWC order to match the weights."""
     if isinstance(obj, torch.Tensor):
+        if channels_last and obj.dim() == 4 and obj.is_floating_point():
+            return obj.to(device, memory_format=torch.channels_last, non_blocking=True)
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: _to_device(v, device, channels_last) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
+        return [_to_device(v, device, channels_last) for v in obj]
     return obj
 
 
@@ -182,6 +186,8 @@ class Trainer:
                 _log.warning("train.sync_batchnorm ignored on %s: SyncBatchNorm needs CUDA",
                              self.device.type)
         self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.local_batch = cfg.local_batch_size(world)
         self.sampler = EpochShardSampler(len(dataset), global_batch=cfg.batch_size,
                                          local_batch=self.local_batch, rank=rank, world_size=world,
@@ -312,7 +318,7 @@ class Trainer:
         accum = self.cfg.grad_accum_steps
         summed, batch = None, None
         for k in range(accum):
-            batch = _to_device(next(batches), self.device)
+            batch = _to_device(next(batches), self.device, self.cfg.channels_last)
             sync = self.train_model.no_sync() if self.dist.is_distributed and k < accum - 1 \
                 else contextlib.nullcontext()
             with sync:

@@ -250,6 +250,8 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     if device is not None:
         model.to(device)
     device = next(iter(model.parameters())).device if device is None else torch.device(device)
+    # NHWC weights: oneDNN's (and cuDNN's) faster convolution layout; the math is the same.
+    model.to(memory_format=torch.channels_last)
     num_classes = int(model.num_classes)
     if num_classes != layout.num_classes:
         raise ConfigError(f"the model predicts {num_classes} classes but dataset {layout.root} has "

@@ -48,7 +48,7 @@ def _train_settings(train) -> dict:
 
 def _refine_settings(cfg: RunConfig) -> dict:
     method = cfg.refine.method
-    settings: dict[str, Any] = {"method": method}
+    settings: dict[str, Any] = {"method": method, "splits": refine_splits(cfg)}
     section = getattr(cfg.refine, method, None)
     if section is not None:
         values = asdict(section)
@@ -100,6 +100,7 @@ def cam_splits(cfg: RunConfig) -> list[str]:
     if cfg.refine.method in ("irn", "affinity"):
         splits.append(cfg.data.train_split)
     splits.append(cfg.seg.train_split)
+    splits += refine_splits(cfg)
     return list(dict.fromkeys(splits))
 
 
@@ -236,8 +237,14 @@ def _run_seeds(cfg: RunConfig, dist) -> None:
 def _run_refine(cfg: RunConfig, dist) -> None:
     from plda.pipeline.refine import refine
 
-    splits = list(dict.fromkeys([cfg.seg.train_split, *cfg.data.eval_splits]))
-    refine(cfg, splits=splits, dist=dist)
+    refine(cfg, splits=refine_splits(cfg), dist=dist)
+
+
+def refine_splits(cfg: RunConfig) -> list[str]:
+    """``refine.splits``, else the segmentation's training split and the evaluation splits."""
+    if cfg.refine.splits is not None:
+        return list(cfg.refine.splits)
+    return list(dict.fromkeys([cfg.seg.train_split, *cfg.data.eval_splits]))
 
 
 def _run_seg_train(cfg: RunConfig, dist) -> None:

@@ -12,11 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from plda.config.schema import RunConfig
-from plda.errors import DataError
+from plda.errors import ConfigError, DataError
 from plda.pipeline.common import (load_layout, run_dir, train_on_masks, update_metrics,
                                   write_run_config)
 from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS
 from plda.utils.dist import is_main_process
+
+
+# seg.model.pretrained value: start the DeepLab backbone from the run's stage-1 classifier.
+STAGE1_INIT = "stage1"
 
 
 def seg_dir(cfg: RunConfig) -> Path:
@@ -39,11 +43,23 @@ def build_seg_net(cfg: RunConfig, num_classes: int, pretrained: bool = True):
     from plda.segmentation.models import build_segmentation_net
 
     m = cfg.seg.model
+    from_stage1 = m.pretrained == STAGE1_INIT
+    if from_stage1 and m.backbone != cfg.model.backbone:
+        raise ConfigError(f"seg.model.pretrained={STAGE1_INIT!r} needs the stage-1 backbone: "
+                          f"seg.model.backbone={m.backbone!r} but model.backbone="
+                          f"{cfg.model.backbone!r}")
     with seeded(cfg.seg.train.seed):  # the same initial head in every run of this config
-        return build_segmentation_net(m.arch, m.backbone, num_classes,
-                                      output_stride=m.output_stride,
-                                      pretrained=m.pretrained if pretrained else None,
-                                      frozen_bn=m.frozen_bn)
+        net = build_segmentation_net(m.arch, m.backbone, num_classes,
+                                     output_stride=m.output_stride,
+                                     pretrained=m.pretrained if pretrained and not from_stage1
+                                     else None, frozen_bn=m.frozen_bn)
+    if from_stage1 and pretrained:
+        from plda.pipeline.common import load_stage1_model
+
+        # The stage-1 classifier predicts the foreground classes only (no background plane).
+        stage1 = load_stage1_model(cfg, num_classes - 1)
+        net.backbone.load_state_dict(stage1.backbone.state_dict(), strict=True)
+    return net
 
 
 def train_segmentation(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:

@@ -370,7 +370,8 @@ def load_segmentation_net(path: str | os.PathLike, device: torch.device | str | 
     net.load_state_dict(state, strict=True)
     if device is not None:
         net = net.to(device)
-    return net.eval(), meta
+    # NHWC weights: oneDNN's (and cuDNN's) faster convolution layout; the math is the same.
+    return net.eval().to(memory_format=torch.channels_last), meta
 
 
 __all__ = ["ARCHS", "LOW_LEVELS", "SEG_DIR", "SEG_WEIGHTS", "WEIGHTS_FORMAT", "SegmentationNet",
