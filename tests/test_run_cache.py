@@ -50,6 +50,20 @@ def test_fingerprints_chain_and_ignore_bookkeeping(tmp_path):
     irn = fingerprints(_cfg(tmp_path, "refine.method=irn"))["refine"]
     assert irn != base["refine"]
     assert fingerprints(_cfg(tmp_path, "refine.method=irn", "refine.irn.beta=4"))["refine"] != irn
+    # Where pseudo masks are made counts too: null means the seg training split + eval splits.
+    from plda.pipeline.run import cam_splits, refine_splits
+
+    assert refine_splits(_cfg(tmp_path)) == ["train", "val"]
+    only = _cfg(tmp_path, "refine.splits=[train]")
+    assert refine_splits(only) == ["train"] and cam_splits(only) == ["train", "val"]
+    assert fingerprints(only)["refine"] != base["refine"]
+    assert fingerprints(_cfg(tmp_path, "refine.splits=[train,val]"))["refine"] == base["refine"]
+    from plda.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"refine\.splits=\[\]"):
+        _cfg(tmp_path, "refine.splits=[]")
+    with pytest.raises(ConfigError, match=r"refine\.irn\.image_scale=1\.5"):
+        _cfg(tmp_path, "refine.irn.image_scale=1.5")
 
 
 def test_stage_range_errors(tmp_path):
@@ -225,3 +239,20 @@ def test_dry_run_prints_each_stage_and_runs_nothing(tmp_path, capsys):
         ["cam", "run"], ["seeds", "run"], ["refine", "run"], ["seg_train", "run"],
         ["seg_eval", "run"]]
     assert not run.exists()
+
+
+def test_overrides_after_an_option_still_count(tmp_path, capsys):
+    """'plda run CONFIG --dry-run key=value': argparse leaves the trailing overrides over; they
+    are overrides all the same (here run_dir: nothing exists there, so every stage would run),
+    and anything else left over is still an error."""
+    from plda.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["run", "synth_cam", "--dry-run", *TINY, f"run_dir={run}", "--until",
+                 "seeds", "cam.flip=false"]) == 0
+    out = [line.split() for line in capsys.readouterr().out.split("\n") if line.strip()]
+    assert out == [["data", "run"], ["train", "run"], ["cam", "run"], ["seeds", "run"]]
+    assert not run.exists()
+    with pytest.raises(SystemExit):
+        main(["run", "synth_cam", "--dry-run", f"run_dir={run}", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

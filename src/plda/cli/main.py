@@ -47,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides after an option ('plda train RUN --resume train.lr=0.1') are left over
+    # by argparse once the positionals are filled: they belong to the overrides all the same.
+    if extra:
+        overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+        unknown = [a for a in extra if a not in overrides or not hasattr(args, "overrides")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*(args.overrides or []), *overrides]
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
