@@ -183,3 +183,33 @@ def test_refine_affinity_end_to_end(tmp_path):
         masks = sorted((run / "pseudo" / split).glob("*.png"))
         assert len(masks) == n
         assert 0.0 <= metrics["pseudo"][split]["miou"] <= 100.0
+
+
+def test_irn_thresholds_follow_the_chosen_seed_threshold(tmp_path):
+    """IRN's 0.30 / 0.05 / 0.25 were set for seeds thresholded at 0.15: relative_to_seeds
+    scales all three by the run's chosen threshold / 0.15 (capped at 0.95); otherwise they are
+    the configured values. The relation labels use them."""
+    from plda.errors import DataError
+    from plda.pipeline.common import update_metrics
+    from plda.pipeline.refine import irn_thresholds
+    from plda.refinement.relations import relation_labels
+
+    run = tmp_path / "run"
+    fixed = load_run_config("synth_cam", [f"run_dir={run}"])
+    assert irn_thresholds(fixed) == {"fg": 0.30, "bg": 0.05, "walk_bg": 0.25}
+    cfg = load_run_config("synth_cam", [f"run_dir={run}", "refine.irn.relative_to_seeds=true"])
+    with pytest.raises(DataError, match="no background threshold"):
+        irn_thresholds(cfg)
+    run.mkdir()
+    update_metrics(cfg, "seeds", {"bg_threshold": 0.39})
+    got = irn_thresholds(cfg)
+    assert got == pytest.approx({"fg": 0.78, "bg": 0.13, "walk_bg": 0.65})
+    update_metrics(cfg, "seeds", {"bg_threshold": 0.6})
+    assert irn_thresholds(cfg)["fg"] == 0.95 and irn_thresholds(cfg)["bg"] == pytest.approx(0.2)
+    # A flat, high CAM (as SEAM's PCM gives): no confident background at IRN's 0.05, some at
+    # the scaled 0.13 (0.39 / 0.15 x 0.05).
+    cams = np.full((1, 4, 4), 0.5, np.float32)
+    cams[0, :, :2] = 0.1
+    assert not (relation_labels(cams, [3], None, fg_threshold=0.30, bg_threshold=0.05) == 0).any()
+    scaled = relation_labels(cams, [3], None, fg_threshold=got["fg"], bg_threshold=got["bg"])
+    assert (scaled[:, :2] == 0).all() and (scaled[:, 2:] == 255).all()

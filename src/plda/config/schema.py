@@ -107,6 +107,11 @@ class IRNConfig:
     exp_times: int = 8
     # Background score of the walked, max-normalised CAMs (IRN's sem_seg_bg_thres).
     sem_seg_bg_threshold: float = 0.25
+    # IRN set these three for CAMs whose seed threshold is 0.15 (its cam_eval_thres). True:
+    # scale them by (this run's chosen seed threshold / 0.15), capped below 1, for CAMs of
+    # another shape (SEAM's PCM CAMs are high almost everywhere: none falls below 0.05). Plain
+    # CAMs with a threshold near 0.15 keep IRN's values.
+    relative_to_seeds: bool = False
     # Image scale of the label CRF, the boundary map and the walk (1.0 = IRN). 0.5 makes each
     # about 4x cheaper (the walk's grid is then stride 8 of the image instead of 4): a CPU
     # setting; train the boundary net at that scale too (``scale``).

@@ -104,6 +104,23 @@ def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
 
 
+# IRN's seed threshold (cam_eval_thres), for which its relation and walk thresholds were set.
+IRN_SEED_THRESHOLD = 0.15
+_MAX_THRESHOLD = 0.95
+
+
+def irn_thresholds(cfg: RunConfig) -> dict[str, float]:
+    """IRN's confident-foreground, confident-background and walked-background thresholds:
+    ``refine.irn``'s values, or with ``relative_to_seeds`` those values times (the run's chosen
+    seed threshold / IRN's 0.15), each capped at 0.95."""
+    irn = cfg.refine.irn
+    values = {"fg": irn.fg_threshold, "bg": irn.bg_threshold, "walk_bg": irn.sem_seg_bg_threshold}
+    if irn.relative_to_seeds:
+        ratio = background_threshold(cfg) / IRN_SEED_THRESHOLD
+        values = {k: min(v * ratio, _MAX_THRESHOLD) for k, v in values.items()}
+    return values
+
+
 def make_relation_labels(cfg: RunConfig, *, workers: int | None = None) -> dict:
     """Relation-label PNGs of the training split from its CAM files (skips finished ones)."""
     import os
@@ -116,15 +133,16 @@ def make_relation_labels(cfg: RunConfig, *, workers: int | None = None) -> dict:
     layout = load_layout(cfg, generate=False)
     split = cfg.data.train_split
     ids = layout.ids(split)
-    tasks = [(str(cam_path), str(layout.image_path(image_id)), str(target), irn.fg_threshold,
-              irn.bg_threshold, irn.crf, irn.image_scale)
+    thresholds = irn_thresholds(cfg)
+    tasks = [(str(cam_path), str(layout.image_path(image_id)), str(target), thresholds["fg"],
+              thresholds["bg"], irn.crf, irn.image_scale)
              for image_id, target, cam_path in _pending(cfg, split, ids,
                                                         irn_dir(cfg) / "relations")]
     start = time.perf_counter()
     workers = workers if workers is not None else (os.cpu_count() or 1)
     map_in_workers(_relation_task, tasks, workers, desc="relation labels")
     return {"written": len(tasks), "skipped": len(ids) - len(tasks),
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "thresholds": thresholds}
 
 
 def build_boundary_net(cfg: RunConfig, num_classes: int):
@@ -182,6 +200,7 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
 
     dist = dist if dist is not None else init_distributed()
     irn = cfg.refine.irn
+    walk_bg = irn_thresholds(cfg)["walk_bg"]
     net = load_boundary_net(cfg, load_layout(cfg, generate=False).num_classes).to(dist.device)
 
     def make_mask(image, cams, keys):
@@ -190,9 +209,10 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
                                   mode="bilinear", align_corners=False, antialias=True)[0]
         return irn_pseudo_mask(cams, keys, boundary_map(net, image).float().cpu(),
                                radius=irn.radius, beta=irn.beta, exp_times=irn.exp_times,
-                               bg_threshold=irn.sem_seg_bg_threshold)
+                               bg_threshold=walk_bg)
 
-    return _walk_splits(cfg, splits, dist, "irn", net, make_mask)
+    return _walk_splits(cfg, splits, dist, "irn", net, make_mask,
+                        {"irn_thresholds": irn_thresholds(cfg)})
 
 
 def _split_entry(layout, split: str, out: Path, written: int, seconds: float) -> dict:
@@ -208,7 +228,8 @@ def _split_entry(layout, split: str, out: Path, written: int, seconds: float) ->
     return entry
 
 
-def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask) -> dict:
+def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask,
+                 extra: dict | None = None) -> dict:
     """For each split, this rank's images still to do: ``make_mask(image, cams, keys)`` on the
     normalised image and its CAM file -> pseudo-mask PNG; then scores (rank 0)."""
     import torch
@@ -238,7 +259,7 @@ def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask) -> d
         result[split] = _split_entry(layout, split, out, written, seconds) \
             if is_main_process() else {"written": written, "seconds": seconds}
     if is_main_process():
-        update_metrics(cfg, "pseudo", {"method": method, **result})
+        update_metrics(cfg, "pseudo", {"method": method, **(extra or {}), **result})
     return result
 
 
