@@ -329,3 +329,34 @@ def test_affinity_pseudo_mask_spreads_a_seed_over_its_region():
     assert (mask[11:29, 11:29] == 9).all()  # the inside (edges blur by the 4x upsampling)
     assert (mask[:6] == 0).all() and (mask[36:] == 0).all()
     assert (mask[33:36, 8:32] == 0).float().mean() > 0.9  # the walk outside averages it away
+
+
+def _naive_affinity(boundary: torch.Tensor, disps) -> torch.Tensor:
+    """The definition, one pair at a time: 1 - max of the boundary over the pair's path, the
+    boundary counting as 1 outside the grid."""
+    from plda.refinement.affinity import _segment
+
+    h, w = boundary.shape[-2:]
+    out = torch.zeros(*boundary.shape[:-2], len(disps), h, w, dtype=boundary.dtype)
+    for k, d in enumerate(disps):
+        for y in range(h):
+            for x in range(w):
+                values = [boundary[..., y + oy, x + ox] if 0 <= y + oy < h and 0 <= x + ox < w
+                          else torch.ones_like(boundary[..., 0, 0]) for oy, ox in _segment(d)]
+                out[..., k, y, x] = 1 - torch.stack(values).amax(0)
+    return out
+
+
+@pytest.mark.parametrize("radius", [2, 4])
+def test_boundary_to_affinity_equals_the_per_pair_definition_with_gradients(radius):
+    torch.manual_seed(radius)
+    disps = displacements(radius)
+    boundary = torch.rand(2, 6, 7, dtype=torch.float64, requires_grad=True)
+    fast = boundary_to_affinity(boundary, disps)
+    naive = _naive_affinity(boundary, disps)
+    assert fast.shape == (2, len(disps), 6, 7)
+    assert torch.equal(fast, naive)
+    weights = torch.rand_like(fast)
+    (g_fast,) = torch.autograd.grad((fast * weights).sum(), boundary)
+    (g_naive,) = torch.autograd.grad((naive * weights).sum(), boundary)
+    assert torch.allclose(g_fast, g_naive)
