@@ -31,7 +31,7 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _build(backbone: str, method: str, device: str):
+def _build(backbone: str, method: str, device: str, layout: str = "nhwc"):
     import torch
 
     try:
@@ -42,7 +42,9 @@ def _build(backbone: str, method: str, device: str):
                  "plda.models.backbones.build_backbone are required)")
     torch.manual_seed(0)
     model = build_method(MethodConfig(name=method), build_backbone(backbone), 20)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    # plda cam keeps the weights channels-last (NHWC); "nchw" measures the plain layout.
+    return model.to(memory_format=torch.channels_last) if layout == "nhwc" else model
 
 
 def _image(size: tuple[int, int], device: str):
@@ -91,7 +93,7 @@ def measure_memory(args) -> dict:
 
     from plda.inference.cams import multiscale_cam
 
-    model = _build(args.backbone, args.method, args.device)
+    model = _build(args.backbone, args.method, args.device, args.layout)
     image = _image(args.size, args.device)
     gc.collect()
     exact = _reset_peak_rss()
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc",
+                        help="weights memory layout (plda cam uses nhwc)")
     parser.add_argument("--measure-memory", dest="variant", choices=list(VARIANTS),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    model = _build(args.backbone, args.method, args.device)
+    model = _build(args.backbone, args.method, args.device, args.layout)
     image = _image(args.size, args.device)
     rows = []
     for name, flip_batch in VARIANTS.items():
@@ -157,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_memory:
             cmd = [sys.executable, __file__, "--backbone", args.backbone, "--method", args.method,
                    "--size", f"{args.size[0]}x{args.size[1]}", "--device", args.device,
-                   "--measure-memory", name]
+                   "--layout", args.layout, "--measure-memory", name]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             row.update(json.loads(out.strip().splitlines()[-1]))
         rows.append(row)
 
     w, h = args.size
     print(f"\nCAM inference: {args.method} on {args.backbone} (random weights, fp32), "
-          f"{w}x{h}, scales {args.scales} + flip, device {args.device}, "
+          f"{w}x{h}, scales {args.scales} + flip, {args.layout}, device {args.device}, "
           f"{torch.get_num_threads()} threads, median of {args.repeat} after {args.warmup} warm-up")
     mem_cols = [k for k in ("peak_rss_mib", "rss_increase_mib", "cuda_peak_mib") if k in rows[0]]
     header = ["variant", "s/image", *[f"{k} @2.0" for k in mem_cols]]
