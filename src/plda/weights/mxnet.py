@@ -142,7 +142,10 @@ def _read_array(cur: _Cursor, index: int) -> np.ndarray:
                        f"only {cur.remaining} remain")
     data_at = cur.pos
     raw = cur.take(nbytes, f"{label} data")
-    arr = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    try:
+        arr = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    except ValueError:  # e.g. an empty array whose other dims overflow numpy's size limit
+        raise cur.fail(f"{label}: shape {shape} is not a valid array shape", data_at) from None
     if dtype.kind == "b" and count and np.frombuffer(raw, np.uint8).max() > 1:
         raise cur.fail(f"{label}: boolean data holds bytes other than 0 and 1", data_at)
     return arr if arr.flags.aligned else arr.copy()
