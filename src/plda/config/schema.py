@@ -177,14 +177,14 @@ class RefineConfig:
     # Splits that get pseudo masks in ``plda run``; null: the segmentation's training split and
     # ``data.eval_splits`` (their scores go to metrics.json).
     splits: Optional[tuple[str, ...]] = None
+    irn: IRNConfig = field(default_factory=IRNConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
     def __post_init__(self) -> None:
         if self.splits is not None:
             self.splits = tuple(self.splits)
             if not self.splits:
                 raise ConfigError("refine.splits=[]: expected at least one split, or null")
-    irn: IRNConfig = field(default_factory=IRNConfig)
-    affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
 
 def _seg_train() -> TrainConfig:

@@ -62,6 +62,7 @@ def _pending(cfg: RunConfig, split: str, ids: list[str], out: Path
 def _relation_task(task: tuple) -> None:
     from plda.data.camfile import load_cams
     from plda.inference.seeds import load_image_for_cams
+    from plda.inference.cams import scaled_size
     from plda.refinement.relations import relation_labels
     from plda.vis.palette import save_label_png
 
@@ -71,17 +72,13 @@ def _relation_task(task: tuple) -> None:
     image = load_image_for_cams(image_path, cam_file, cam_path) if crf else None
     size = cams.shape[1:]
     if image_scale != 1.0:
-        small = _scaled(size, image_scale)
+        small = scaled_size(*size, image_scale)
         cams = _resize_maps(cams, small)
         image = None if image is None else _resize_image(image, small)
     labels = relation_labels(cams, list(cam_file.keys), image, fg_threshold=fg, bg_threshold=bg)
     if labels.shape != size:  # nearest neighbour back to the image size the trainer expects
         labels = _resize_labels(labels, size)
     save_label_png(out_path, labels)
-
-
-def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -193,26 +190,28 @@ def load_boundary_net(cfg: RunConfig, num_classes: int):
 def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
     """IRN pseudo masks of each split (default ``data.eval_splits``), sharded across ranks;
     existing files are kept. Scores them when the dataset has masks (rank 0)."""
-    from plda.engine.distributed import init_distributed
     import torch.nn.functional as F
 
+    from plda.engine.distributed import init_distributed
+    from plda.inference.cams import scaled_size
     from plda.refinement.irn import boundary_map, irn_pseudo_mask
 
     dist = dist if dist is not None else init_distributed()
     irn = cfg.refine.irn
-    walk_bg = irn_thresholds(cfg)["walk_bg"]
+    thresholds = irn_thresholds(cfg)  # reads the chosen seed threshold once
     net = load_boundary_net(cfg, load_layout(cfg, generate=False).num_classes).to(dist.device)
 
     def make_mask(image, cams, keys):
         if irn.image_scale != 1.0:  # a smaller boundary grid; the mask keeps the CAMs' size
-            image = F.interpolate(image[None], size=_scaled(image.shape[-2:], irn.image_scale),
-                                  mode="bilinear", align_corners=False, antialias=True)[0]
+            size = scaled_size(*image.shape[-2:], irn.image_scale)
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                                  antialias=True)[0]
         return irn_pseudo_mask(cams, keys, boundary_map(net, image).float().cpu(),
                                radius=irn.radius, beta=irn.beta, exp_times=irn.exp_times,
-                               bg_threshold=walk_bg)
+                               bg_threshold=thresholds["walk_bg"])
 
     return _walk_splits(cfg, splits, dist, "irn", net, make_mask,
-                        {"irn_thresholds": irn_thresholds(cfg)})
+                        {"irn_thresholds": thresholds})
 
 
 def _split_entry(layout, split: str, out: Path, written: int, seconds: float) -> dict:
