@@ -230,7 +230,7 @@ def test_tf_same_padding_hand_computed():
 
 def test_efficientnet_levels_and_dilation():
     assert EFFNET_LITE_MEAN == (127, 127, 127) and EFFNET_LITE_STD == (128, 128, 128)
-    for output_stride in (8, 16):
+    for output_stride in (8, 16, 32):
         net = build_backbone("efficientnet_lite0", output_stride=output_stride).eval()
         assert net.input_mean == (127 / 255,) * 3 and net.input_std == (128 / 255,) * 3
         with torch.no_grad():
@@ -240,8 +240,10 @@ def test_efficientnet_levels_and_dilation():
             stride = net.strides[level]
             assert feature.shape == (1, net.channels[level], 64 // stride, 64 // stride)
         assert net.strides["head"] == output_stride and net.channels["head"] == 1280
-        assert [net.strides[lv] for lv in net.pcm_levels] == [8, output_stride]
-    assert net._blocks[15]._depthwise_conv.dilation == (2, 2)  # stride-32 stages dilated at /16
+        assert [net.strides[lv] for lv in net.pcm_levels] == [8, min(16, output_stride)]
+        # The stride-32 stages run dilated at /16 and /8, at their ImageNet setting at /32.
+        assert net._blocks[15]._depthwise_conv.dilation == {8: (4, 4), 16: (2, 2), 32: (1, 1)}[
+            output_stride]
 
 
 def test_missing_efficientnet_package_says_what_to_install(monkeypatch):

@@ -260,3 +260,27 @@ def test_cps_on_single_class_images_depends_on_the_reference_switch(reference):
     # Reference: weights (N - N_k) / (N + 1) on a one-class pseudo label are all 0.
     # Default: counts include the background of the full pseudo label, so the loss is positive.
     assert (out["cps_source"].item() == 0.0) == reference
+
+
+@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+def test_methods_train_and_infer_on_a_stride_32_backbone(name):
+    """Stride 32 (EfficientNet-Lite0 as pretrained, no dilation): SEAM's 0.3x view of a 64 px
+    crop is then a single feature pixel; every loss stays finite, gradients reach the
+    classifier, and CAMs come out on the /32 grid."""
+    from plda.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", output_stride=32)
+    model = build_method(MethodConfig(name=name), backbone, NUM_CLASSES).train()
+    gen = torch.Generator().manual_seed(2)
+    data = {"image": torch.randn(2, 3, 64, 64, generator=gen),
+            "label": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])}
+    out = model(data, progress=0.5)
+    assert TERMS[name] <= set(out)
+    for key in TERMS[name] | {"loss"}:
+        assert torch.isfinite(out[key]), key
+    out["loss"].backward()
+    grads = [p.grad for p in model.classifier.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    cams = model.eval().cams(data["image"][:1])
+    assert cams.cam.shape == (1, NUM_CLASSES, 2, 2) and torch.isfinite(cams.cam).all()

