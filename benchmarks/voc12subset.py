@@ -7,7 +7,8 @@ image-level labels to a segmentation network.
     python benchmarks/voc12subset.py --suite synth --out runs/synth-methods   # synthetic data
 
 Each method trains from the pretrained EfficientNet-Lite0 with the same budget, crop and seed
-(presets ``voc12subset_<method>_effnetlite0``), infers CAMs for train and val, chooses the
+(presets ``voc12subset_<method>_effnetlite0``; plain CAM at output stride 32, where its CAMs are
+not gridded, the SEAM family at 16, where PCM has a grid to work on), infers CAMs for train and val, chooses the
 background threshold by the sweep on train only, writes seeds, refines the training split into
 pseudo masks (``--refine``, default IRN), trains the light DeepLab on them and evaluates it on
 val (``--no-seg`` stops before). Each method runs as ``plda run`` in ``OUT/<method>/`` (the
