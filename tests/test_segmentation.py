@@ -29,6 +29,9 @@ def _lite(num_classes: int = 4, arch: str = "deeplab_lite", output_stride: int =
     ("deeplab_lite", "efficientnet_lite0", 16, 64, 16),
     ("deeplab_lite", "efficientnet_lite0", 8, 64, 8),
     ("deeplab_v3plus", "efficientnet_lite0", 16, 64, 4),
+    ("deeplab_lite_plus", "efficientnet_lite0", 32, 64, 4),
+    ("deeplab_lite_plus", "efficientnet_lite0", 16, 64, 4),
+    ("deeplab_lite_plus", "resnet50", 32, 64, 4),
     ("deeplab_v2", "resnet50", 16, 64, 16),
     ("deeplab_v1_largefov", "resnet38", 8, 32, 8),
     ("deeplab_v2", "resnet101", 8, 32, 8),
@@ -54,6 +57,29 @@ def test_deeplab_v2_aspp_rates_and_init(one_thread):
         (3, 6, 9, 12)
 
 
+def test_lite_plus_runs_the_backbone_undilated_at_stride_32(one_thread):
+    net = _lite(3, arch="deeplab_lite_plus", output_stride=32).eval()
+    # No dilated convolution in the backbone: the network as ImageNet trained it.
+    dilations = {m.dilation for m in net.backbone.modules() if isinstance(m, nn.Conv2d)}
+    assert dilations == {(1, 1)}
+    assert net.backbone.strides["head"] == 32 and net.low_level == "stage2"
+    assert net.head.aspp.rates == (3, 6)  # 6 / 12 at stride 16, the same field of view
+    assert net.head.reduce[0].in_channels == 24 and net.head.reduce[0].out_channels == 32
+    # The decoder is what makes the logits fine: a change confined to one 4 x 4 input cell
+    # (stride-4 position (8, 8)) moves the logits around that position only, where a stride-32
+    # head would move a whole 32 x 32 block.
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        base = net(x)
+        y = x.clone()
+        y[..., 32:36, 32:36] += 3.0
+        diff = (net(y) - base).abs().sum(1)[0]
+    assert diff.shape == (16, 16)
+    row, col = divmod(diff.argmax().item(), 16)
+    assert abs(row - 8) <= 2 and abs(col - 8) <= 2
+    assert diff[5:12, 5:12].sum() > 0.95 * diff.sum()
+
+
 def test_largefov_head_matches_seam_widths(one_thread):
     net = build_segmentation_net("deeplab_v1_largefov", "resnet38", 21)
     head = net.head
@@ -66,8 +92,9 @@ def test_largefov_head_matches_seam_widths(one_thread):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(arch="deeplab_v9", backbone="resnet101"), "deeplab_v2"),
     (dict(arch="deeplab_v2", backbone="vgg16"), "efficientnet_lite0"),
-    (dict(arch="deeplab_lite", backbone="efficientnet_lite0", output_stride=32), "8 or 16"),
+    (dict(arch="deeplab_lite", backbone="efficientnet_lite0", output_stride=4), "8, 16 or 32"),
     (dict(arch="deeplab_v1_largefov", backbone="resnet38", output_stride=16), "resnet38"),
+    (dict(arch="deeplab_lite_plus", backbone="resnet38", output_stride=32), "resnet38"),
 ])
 def test_bad_arch_or_backbone_is_config_error(kwargs, match):
     args = dict(kwargs)
@@ -75,7 +102,7 @@ def test_bad_arch_or_backbone_is_config_error(kwargs, match):
         build_segmentation_net(args.pop("arch"), args.pop("backbone"), 3, **args)
 
 
-@pytest.mark.parametrize("arch", ["deeplab_lite", "deeplab_v3plus"])
+@pytest.mark.parametrize("arch", ["deeplab_lite", "deeplab_v3plus", "deeplab_lite_plus"])
 def test_parameter_groups_cover_trainable_params_once(one_thread, arch):
     net = _lite(arch=arch)
     groups = net.parameter_groups()

@@ -203,21 +203,25 @@ class SegModelConfig:
 
     # deeplab_v2: ASPP (rates 6/12/18/24) on ResNet-101; deeplab_v1_largefov: the LargeFOV head
     # (3x3 dilation 12, fc7 1x1, fc8) on ResNet-38, as SEAM's segmentation code; deeplab_lite:
-    # a light ASPP head for CPU work (EfficientNet-Lite0); deeplab_v3plus: ASPP + decoder.
+    # a light ASPP head for CPU work (EfficientNet-Lite0); deeplab_v3plus: ASPP + decoder;
+    # deeplab_lite_plus: the light ASPP + a light decoder (stride-4 logits, CPU work at stride 32).
     arch: Literal["deeplab_v2", "deeplab_v1_largefov", "deeplab_lite",
-                  "deeplab_v3plus"] = "deeplab_v2"
+                  "deeplab_v3plus", "deeplab_lite_plus"] = "deeplab_v2"
     backbone: Literal["resnet38", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet101"
     # As ``model.pretrained``: a file, "imagenet", "torchvision[:WEIGHTS]" or null; or
     # "stage1": the backbone of this run's trained stage-1 classifier (same backbone name
     # needed). The classifier was fine-tuned on these images and classes, so on a small CPU
     # budget the DeepLab starts from class-aware features instead of ImageNet's.
     pretrained: Optional[str] = None
+    # 8 or 16 dilate the last stages (DeepLab); 32 runs the backbone as ImageNet trained it,
+    # for the decoder heads (deeplab_v3plus, deeplab_lite_plus) that add stride-4 detail.
     output_stride: int = 8
     frozen_bn: bool = True
 
     def __post_init__(self) -> None:
-        if self.output_stride not in (8, 16):
-            raise ConfigError(f"seg.model.output_stride={self.output_stride!r}: expected 8 or 16")
+        if self.output_stride not in (8, 16, 32):
+            raise ConfigError(f"seg.model.output_stride={self.output_stride!r}: expected 8, 16 "
+                              "or 32")
 
 
 @dataclass

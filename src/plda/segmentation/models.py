@@ -10,6 +10,11 @@ Heads, all reading the backbone's levels dict:
   dilated 3x3 branches and image pooling at a small width, then a 1x1 classifier.
 * ``deeplab_v3plus``: DeepLab-v3's ASPP (1x1, 3x3 at 6/12/18, image pooling) and the v3+
   decoder that fuses the stride-4 level; its logits are at stride 4.
+* ``deeplab_lite_plus``: ``deeplab_lite``'s ASPP and a light v3+ decoder (the stride-4 level
+  reduced to 32 channels, one depthwise-separable 3x3 fuse at the ASPP width); logits at stride
+  4. With it the backbone can run at output stride 32 (EfficientNet-Lite0 as ImageNet trained
+  it, no dilated depthwise convolutions): on 2 CPU cores a batch of 8 crops of 224 trains in
+  ~1.0 s against ``deeplab_lite``'s 1.6 s at stride 16, with logits 4x finer per side.
 
 Dilations are quoted for the stride they were published at (8 for v1/v2, 16 for v3/v3+) and
 scaled for the other output stride, so the field of view stays the same in input pixels.
@@ -32,7 +37,10 @@ from torch import Tensor, nn
 from plda.errors import ConfigError, WeightsError
 from plda.models.layers import dilated_depthwise_conv2d, use_fast_dilated_depthwise
 
-ARCHS: tuple[str, ...] = ("deeplab_v2", "deeplab_v1_largefov", "deeplab_lite", "deeplab_v3plus")
+ARCHS: tuple[str, ...] = ("deeplab_v2", "deeplab_v1_largefov", "deeplab_lite", "deeplab_v3plus",
+                          "deeplab_lite_plus")
+# The heads with a decoder, which read a stride-4 level beside the final one.
+DECODER_ARCHS = ("deeplab_v3plus", "deeplab_lite_plus")
 WEIGHTS_FORMAT = "plda-segmentation"
 WEIGHTS_VERSION = "1"
 # Inside a run folder the trained network is <run>/<SEG_DIR>/<SEG_WEIGHTS>
@@ -40,7 +48,7 @@ WEIGHTS_VERSION = "1"
 SEG_DIR = "deeplab"
 SEG_WEIGHTS = "segmentation.safetensors"
 
-# The stride-4 level each backbone offers the v3+ decoder.
+# The stride-4 level each backbone offers the decoders.
 LOW_LEVELS = {"resnet38": "conv3", "resnet50": "layer1", "resnet101": "layer1",
               "efficientnet_lite0": "stage2"}
 
@@ -196,6 +204,25 @@ class V3PlusHead(nn.Module):
         return self.classifier(self.fuse(torch.cat([x, low], 1)))
 
 
+class LitePlusHead(nn.Module):
+    """``deeplab_lite_plus``: the lite ASPP, upsampled to the stride-4 level (reduced to
+    ``low_width`` channels) and fused by one depthwise-separable 3x3 convolution."""
+
+    def __init__(self, in_channels: int, low_channels: int, num_classes: int,
+                 rates: tuple[int, ...], width: int = 96, low_width: int = 32) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, width, rates, separable=True, dropout=0.1)
+        self.reduce = _conv_bn_relu(low_channels, low_width)
+        self.fuse = _separable(width + low_width, width, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: Tensor, low: Tensor) -> Tensor:
+        low = self.reduce(low)
+        x = F.interpolate(self.aspp(x), size=low.shape[-2:], mode="bilinear",
+                          align_corners=False)
+        return self.classifier(self.fuse(torch.cat([x, low], 1)))
+
+
 class SegmentationNet(nn.Module):
     """A backbone and a DeepLab head: ``forward(images)`` -> class logits ``(B, num_classes, h,
     w)`` at ``logit_stride`` (not upsampled: callers choose how to resize, and training upsamples
@@ -242,14 +269,14 @@ def build_segmentation_net(arch: str, backbone: str, num_classes: int, *, output
     if backbone not in BACKBONES:
         raise ConfigError(f"seg.model.backbone={backbone!r}: unknown; expected one of "
                           f"{list(BACKBONES)}")
-    if arch == "deeplab_v3plus" and backbone not in LOW_LEVELS:
-        raise ConfigError(f"seg.model.arch=deeplab_v3plus needs a stride-4 level; backbone "
+    if arch in DECODER_ARCHS and backbone not in LOW_LEVELS:
+        raise ConfigError(f"seg.model.arch={arch} needs a stride-4 level; backbone "
                           f"{backbone!r} has none known, expected one of {sorted(LOW_LEVELS)}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes={num_classes!r}: expected at least 2 (background and "
                           "one class)")
-    if output_stride not in (8, 16):
-        raise ConfigError(f"seg.model.output_stride={output_stride!r}: expected 8 or 16")
+    if output_stride not in (8, 16, 32):
+        raise ConfigError(f"seg.model.output_stride={output_stride!r}: expected 8, 16 or 32")
     net = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride,
                          frozen_bn=frozen_bn)
     channels = net.channels[net.final_level]
@@ -260,6 +287,10 @@ def build_segmentation_net(arch: str, backbone: str, num_classes: int, *, output
         head = LargeFOVHead(channels, num_classes, dilation=_rates((12,), 8, output_stride)[0])
     elif arch == "deeplab_lite":
         head = LiteHead(channels, num_classes, _rates((6, 12), 16, output_stride))
+    elif arch == "deeplab_lite_plus":
+        low_level = LOW_LEVELS[backbone]
+        head = LitePlusHead(channels, net.channels[low_level], num_classes,
+                            _rates((6, 12), 16, output_stride))
     else:
         low_level = LOW_LEVELS[backbone]
         head = V3PlusHead(channels, net.channels[low_level], num_classes,
