@@ -284,3 +284,58 @@ def test_methods_train_and_infer_on_a_stride_32_backbone(name):
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     cams = model.eval().cams(data["image"][:1])
     assert cams.cam.shape == (1, NUM_CLASSES, 2, 2) and torch.isfinite(cams.cam).all()
+
+
+@pytest.mark.parametrize("name", ["seam", "seam_plda"])
+def test_pcm_on_a_finer_grid_than_a_stride_32_cam(name):
+    """``method.seam.pcm_stride=16`` on a stride-32 backbone: the raw CAM is upsampled to the
+    stride-16 level's grid before PCM, so the revised CAMs (and PLDA's source / target masks)
+    live on that grid; training stays finite and the classifier still gets gradients."""
+    from plda.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", output_stride=32)
+    cfg = MethodConfig(name=name, seam=SEAMConfig(pcm_stride=16))
+    model = build_method(cfg, backbone, NUM_CLASSES).train()
+    assert model.pcm_grid_level == "stage5"
+    gen = torch.Generator().manual_seed(2)
+    data = {"image": torch.randn(2, 3, 96, 96, generator=gen),
+            "label": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])}
+    view = model.run_view(data["image"])
+    assert view.features.shape[-2:] == (3, 3)
+    assert view.raw.shape[-2:] == view.cam_rv.shape[-2:] == (6, 6)
+    # The upsampled raw CAM is the classifier's stride-32 map resized, not a new prediction.
+    raw = model.classifier(view.features)
+    assert torch.allclose(view.raw, F.interpolate(raw, size=(6, 6), mode="bilinear",
+                                                  align_corners=True), atol=1e-6)
+    out = model(data, progress=0.5)
+    for key in TERMS[name] | {"loss"}:
+        assert torch.isfinite(out[key]), key
+    out["loss"].backward()
+    grads = [p.grad for p in model.classifier.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    cams = model.eval().cams(data["image"][:1])
+    assert cams.cam.shape == (1, NUM_CLASSES, 6, 6) and torch.isfinite(cams.cam).all()
+
+
+@pytest.mark.parametrize("stride,output_stride,match", [
+    (8, 16, None),        # stage3 is at stride 8 whatever the output stride
+    (16, 16, None),       # the CAM's own grid: nothing to do
+    (32, 16, "no level at that stride"),  # coarser than the CAM
+    (4, 32, None),
+    (12, 32, "expected null or one of"),
+])
+def test_pcm_stride_must_name_a_level_of_the_backbone(stride, output_stride, match):
+    from plda.errors import ConfigError
+    from plda.methods.seam import _pcm_grid_level
+    from plda.models.backbones import build_backbone
+
+    backbone = build_backbone("efficientnet_lite0", output_stride=output_stride)
+    if match is None:
+        level = _pcm_grid_level(backbone, stride)
+        assert level is None if stride == output_stride else backbone.strides[level] == stride
+    else:
+        with pytest.raises(ConfigError, match=match):
+            _pcm_grid_level(backbone, stride)
+    with pytest.raises(ConfigError, match="pcm_stride"):
+        SEAMConfig(pcm_stride=0)

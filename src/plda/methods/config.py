@@ -7,7 +7,7 @@ YAML. Section letters refer to ``docs/methods.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, Optional
 
 from plda.errors import ConfigError
 
@@ -31,6 +31,12 @@ class SEAMConfig:
     ``pcm_chunk_size``: query pixels per block when computing the PCM affinity (0 = the whole
     hw x hw matrix at once). Chunked and full results are equal; chunks bound the memory of the
     no-grad inference pass on large images.
+
+    ``pcm_stride``: null (the reference) runs PCM on the CAM's own grid (the backbone's output
+    stride). A stride finer than that (a level of the backbone must have it) upsamples the raw
+    CAM bilinearly to that level's grid first, so PCM's affinity (and every loss on the CAMs)
+    works on the finer grid while the classifier keeps an undilated backbone: EfficientNet-Lite0
+    at output stride 32 with ``pcm_stride: 16`` gives PCM a 14 x 14 grid at crop 224, not 7 x 7.
     """
 
     view_scale: float = 0.3
@@ -41,9 +47,15 @@ class SEAMConfig:
     pcm_chunk_size: int = 4096
     ecr_top_fraction: float = 0.2
     rvmin_fraction: float = 0.25
+    pcm_stride: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.pcm_channels = tuple(self.pcm_channels)
+        if self.pcm_stride is not None and (not isinstance(self.pcm_stride, int)
+                                            or isinstance(self.pcm_stride, bool)
+                                            or self.pcm_stride < 1):
+            raise ConfigError(f"method.seam.pcm_stride={self.pcm_stride!r}: expected null or a "
+                              "positive stride such as 16")
         _check_range("seam", "view_scale", self.view_scale, 0.0, 1.0, low_open=True)
         _check_range("seam", "classifier_dropout", self.classifier_dropout, 0.0, 1.0,
                      high_open=True)

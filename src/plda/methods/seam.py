@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plda.errors import ConfigError
 from plda.methods.base import CamOutput, StageOneModel
 from plda.methods.cam import classification_loss
 from plda.methods.config import MethodConfig
@@ -92,6 +93,20 @@ class PixelCorrelationModule(nn.Module):
         return pcm_revise(pcm_seed(raw), self.embed(torch.cat(feats, 1)), chunk_size)
 
 
+def _pcm_grid_level(backbone: nn.Module, pcm_stride: int | None) -> str | None:
+    """The level whose grid PCM works on for ``method.seam.pcm_stride`` (``None``: the CAM's)."""
+    final = int(backbone.strides[backbone.final_level])
+    if pcm_stride is None or pcm_stride == final:
+        return None
+    finer = [n for n in backbone.level_names if int(backbone.strides[n]) == pcm_stride]
+    if pcm_stride > final or not finer:
+        offered = sorted({int(s) for s in backbone.strides.values() if int(s) <= final})
+        raise ConfigError(f"method.seam.pcm_stride={pcm_stride}: {backbone.name} at output "
+                          f"stride {final} has no level at that stride; expected null or one "
+                          f"of {offered}")
+    return finer[-1]  # the deepest level on that grid
+
+
 def rvmin_loss(cam_rv_fg: Tensor, fraction: float = 0.25) -> Tensor:
     """Mean of ReLU of the lowest ``fraction`` of per-pixel max over classes, per image
     (``adaptive_min_pooling_loss``); input: label-masked foreground revised CAMs (B, C, H, W)."""
@@ -146,6 +161,7 @@ class SEAMModel(StageOneModel):
         self.pcm = PixelCorrelationModule(channels[level_a], channels[level_b],
                                           cfg.seam.pcm_channels, cfg.seam.pcm_embed_channels,
                                           cfg.seam.pcm_embed_gain)
+        self.pcm_grid_level = _pcm_grid_level(backbone, cfg.seam.pcm_stride)
 
     def run_view(self, image: Tensor, chunk_size: int | None = None) -> ViewOutput:
         return self.run_views([image], chunk_size)[0]
@@ -159,6 +175,8 @@ class SEAMModel(StageOneModel):
         for image, levels in zip(images, self.backbone.forward_views(images)):
             features = levels[self.backbone.final_level]
             raw = self.classifier(features)
+            if self.pcm_grid_level is not None:
+                raw = _resize(raw, levels[self.pcm_grid_level].shape[-2:])
             cam_rv = self.pcm(raw, image, levels[level_a], levels[level_b], chunk)
             views.append(ViewOutput(features=features, raw=raw, cam_rv=cam_rv))
         return views
