@@ -153,3 +153,72 @@ def test_efficientnet_same_features_and_gradients_with_fast_path(output_stride):
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=1e-4,
                                        atol=1e-4 * want[name].abs().max().item(), msg=name)
+
+
+# ---- frozen BatchNorm folded into the convolution ---------------------------------------------
+
+def _bn_with_statistics(channels: int) -> torch.nn.BatchNorm2d:
+    bn = torch.nn.BatchNorm2d(channels, eps=1e-3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+        bn.running_mean.uniform_(-1.0, 1.0)
+        bn.running_var.uniform_(0.2, 3.0)
+    return bn
+
+
+@pytest.mark.parametrize("conv", [
+    torch.nn.Conv2d(6, 5, 3, padding=1, bias=False),
+    torch.nn.Conv2d(6, 5, 1, bias=True),
+    Conv2dSame(6, 6, 5, 2, groups=6, bias=False),               # asymmetric TF padding
+    Conv2dSame(6, 6, 3, 1, dilation=2, groups=6, bias=False),   # the fast dilated path
+], ids=["conv3x3", "conv1x1-bias", "same-stride2-dw", "same-dilated-dw"])
+def test_conv_frozen_bn_equals_conv_then_bn_with_gradients(conv):
+    torch.manual_seed(0)
+    bn = _bn_with_statistics(conv.out_channels).eval()
+    x = torch.randn(2, 6, 11, 9, requires_grad=True)
+    want = bn(conv(x))
+    (want * torch.linspace(-1, 1, want.numel()).view_as(want)).sum().backward()
+    want_grads = [x.grad.clone(), conv.weight.grad.clone(), bn.weight.grad.clone()]
+    x.grad = conv.weight.grad = bn.weight.grad = None
+    got = layers.conv_frozen_bn(conv, bn, x)
+    (got * torch.linspace(-1, 1, got.numel()).view_as(got)).sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip([x.grad, conv.weight.grad, bn.weight.grad], want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    # The module's own parameters are untouched: the fold is recomputed on every call.
+    assert torch.equal(bn(conv(x)), want)
+
+
+def test_conv_frozen_bn_keeps_batch_statistics_in_training_mode():
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3, padding=1), _bn_with_statistics(4).train()
+    x = torch.randn(4, 3, 8, 8)
+    out = layers.conv_frozen_bn(conv, bn, x)
+    # Batch statistics: each channel comes out normalised to mean beta, std gamma.
+    torch.testing.assert_close(out.mean((0, 2, 3)), bn.bias.detach(), atol=1e-5, rtol=0)
+    assert not torch.allclose(out, torch.nn.functional.batch_norm(
+        conv(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
+
+
+@pytest.mark.parametrize("output_stride", [16, 32])
+def test_efficientnet_same_features_and_gradients_with_folded_bn(output_stride):
+    torch.manual_seed(0)
+    net = build_backbone("efficientnet_lite0", output_stride=output_stride).train()
+    with torch.no_grad():  # BN statistics no fresh network has
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    image = torch.randn(2, 3, 72, 56)
+    try:
+        layers.FOLD_FROZEN_BN = False
+        plain = _levels_and_grads(net, image)
+    finally:
+        layers.FOLD_FROZEN_BN = True
+    folded = _levels_and_grads(net, image)
+    assert list(folded[1]) == list(plain[1]) and len(folded[1]) == 46
+    for got, want in zip(folded, plain):
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4,
+                                       atol=1e-4 * want[name].abs().max().item(), msg=name)

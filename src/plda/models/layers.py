@@ -1,4 +1,5 @@
-"""Fast dilated depthwise convolutions on CPU, for the DeepLab-style dilated EfficientNet.
+"""Fast dilated depthwise convolutions on CPU, for the DeepLab-style dilated EfficientNet, and
+convolutions with a frozen BatchNorm folded in (``conv_frozen_bn``).
 
 PyTorch's CPU (oneDNN) kernels for dilated depthwise convolutions are slow in two places: the
 input gradient (5-20x an undilated one) and the forward pass once the padding exceeds
@@ -23,8 +24,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+# PLDA_FOLD_FROZEN_BN=0 runs frozen BatchNorm as its own layer (benchmarks compare both).
+FOLD_FROZEN_BN = os.environ.get("PLDA_FOLD_FROZEN_BN", "1") != "0"
 # PLDA_FAST_DILATED_DEPTHWISE=0 keeps plain F.conv2d (benchmarks/backbone_speed.py compares both).
 FAST_DILATED_DEPTHWISE = os.environ.get("PLDA_FAST_DILATED_DEPTHWISE", "1") != "0"
 # oneDNN's dilated depthwise forward is 5-10x slower beyond this padding (5x5 kernel, dilation 4).
@@ -186,3 +189,24 @@ def use_fast_dilated_depthwise(x: Tensor, weight: Tensor, stride: Sequence[int],
     ``dilated_depthwise_conv2d`` speeds up; GPUs keep cuDNN's native dilated kernels."""
     return (FAST_DILATED_DEPTHWISE and x.device.type == "cpu" and max(dilation) > 1
             and tuple(stride) == (1, 1) and groups == x.shape[1] and weight.shape[1] == 1)
+
+
+def conv_frozen_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """``bn(conv(x))``. A BatchNorm in eval mode (inference, or the backbones' ``frozen_bn``
+    training) is an affine map per channel, so it is folded into the convolution: one conv with
+    weight ``w * s`` and bias ``b * s + t`` (``s = gamma / sqrt(var + eps)``,
+    ``t = beta - mean * s``), computed from the parameters on every call. No pass over the
+    activations for the BN, forward or backward; gradients reach ``w`` (and ``gamma``/``beta`` if
+    they train) through the fold; the state dict is unchanged. Equal to the two layers up to
+    float rounding. A training-mode BN (batch statistics) runs as its own layer."""
+    if bn.training or not FOLD_FROZEN_BN or bn.running_var is None:
+        return bn(conv(x))
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    weight = conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return conv._conv_forward(x, weight, bias)

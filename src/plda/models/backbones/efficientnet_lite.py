@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from plda.errors import ConfigError, PldaError
 from plda.models.backbones.base import Backbone
-from plda.models.layers import dilated_depthwise_conv2d, use_fast_dilated_depthwise
+from plda.models.layers import (conv_frozen_bn, dilated_depthwise_conv2d,
+                                use_fast_dilated_depthwise)
 
 # 0-255 RGB preprocessing of the original TF-Lite model: (x - 127) / 128.
 EFFNET_LITE_MEAN = (127.0, 127.0, 127.0)
@@ -49,22 +50,30 @@ class Conv2dSame(nn.Conv2d):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, padding=0, **kwargs)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        # nn.Conv2d.forward calls this with the module's own weight; conv_frozen_bn with the
+        # BN-folded one.
         pads = tf_same_padding(x.shape[-2:], self.kernel_size, self.stride, self.dilation)
-        if use_fast_dilated_depthwise(x, self.weight, self.stride, self.dilation, self.groups):
-            return dilated_depthwise_conv2d(x, self.weight, self.bias, dilation=self.dilation,
+        if use_fast_dilated_depthwise(x, weight, self.stride, self.dilation, self.groups):
+            return dilated_depthwise_conv2d(x, weight, bias, dilation=self.dilation,
                                             padding=pads)
         left, right, top, bottom = pads
         if left == right and top == bottom:  # symmetric: let the conv pad, no padded copy
             padding, x_padded = (top, left), x
         else:
             padding, x_padded = (0, 0), F.pad(x, pads)
-        return F.conv2d(x_padded, self.weight, self.bias, self.stride, padding, self.dilation,
+        return F.conv2d(x_padded, weight, bias, self.stride, padding, self.dilation,
                         self.groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+def _relu6(x: Tensor) -> Tensor:
+    # In place on a conv's output (its backward needs the conv's input, not this tensor); a
+    # custom autograd Function's output view (the fast dilated path) cannot be modified in place.
+    return F.relu6(x, inplace=not x._is_view())
 
 
 class MBConvBlock(nn.Module):
@@ -86,9 +95,12 @@ class MBConvBlock(nn.Module):
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
-        h = self._bn2(self._project_conv(h))
+        # Frozen BN folded into the convs.
+        h = x
+        if hasattr(self, "_expand_conv"):
+            h = _relu6(conv_frozen_bn(self._expand_conv, self._bn0, h))
+        h = _relu6(conv_frozen_bn(self._depthwise_conv, self._bn1, h))
+        h = conv_frozen_bn(self._project_conv, self._bn2, h)
         return h + x if self.residual else h
 
 
@@ -121,13 +133,13 @@ def _build_trunk(net: nn.Module, output_stride: int) -> list[tuple[int, int, int
 
 def _trunk_levels(net: nn.Module, stage_ends: dict[int, str], x: Tensor) -> dict[str, Tensor]:
     """``stem``, the stage outputs named by ``stage_ends`` (block index -> name) and ``head``."""
-    x = F.relu6(net._bn0(net._conv_stem(x)))
+    x = _relu6(conv_frozen_bn(net._conv_stem, net._bn0, x))
     out = {"stem": x}
     for index, block in enumerate(net._blocks):
         x = block(x)
         if index in stage_ends:
             out[stage_ends[index]] = x
-    out["head"] = F.relu6(net._bn1(net._conv_head(x)))
+    out["head"] = _relu6(conv_frozen_bn(net._conv_head, net._bn1, x))
     return out
 
 
