@@ -17,7 +17,11 @@ evaluates it on val (``--no-seg`` stops before). Each method runs as ``plda run`
 gives seed mIoU on train and val over every class present in the split's ground truth and over the
 13 classes the sample supports (at least 20 train and 4 val images), the chosen threshold,
 training minutes, inference seconds/image, the pseudo masks' train mIoU and the segmentation's val
-mIoU.
+mIoU. Next to the segmentation it gives the val seeds a label-free predictor would get: CAMs
+masked by the stage-1 classifier's own predicted labels (``cam.label_source=predicted``, score
+0.5) instead of the ground-truth image labels the seed columns use, at the threshold chosen on
+train (``OUT/<method>/label_free/``; ``--no-label-free`` skips it) — the segmentation network sees
+no labels, so this is the like-for-like comparison.
 ``OUT/results.json`` keeps it all, per-class IoU included, and each method's loss terms at the
 start and end of training (the first and last logged windows of ``logs/train.jsonl``).
 ``--suite synth`` runs the same comparison on the built-in synthetic dataset (presets
@@ -82,8 +86,23 @@ def _loss_terms(run: Path) -> dict:
             and not k.startswith("stat/") and isinstance(first[k], (int, float)) and k in last}
 
 
+def label_free_seeds(preset: str, location: list[str], overrides: list[str], run: Path,
+                     split: str, threshold: float) -> dict:
+    """Seed scores on ``split`` from CAMs masked by the classifier's predicted labels (a sub run
+    folder ``run/label_free`` reusing ``run``'s stage-1 weights; resumable like ``plda cam``)."""
+    from plda.config import load_run_config
+    from plda.pipeline.cams import make_cams, make_seeds
+    from plda.pipeline.common import STAGE1_WEIGHTS
+
+    cfg = load_run_config(preset, [*location, *overrides, f"run_dir={run / 'label_free'}",
+                                   "cam.label_source=predicted", f"cam.bg_threshold={threshold}"])
+    make_cams(cfg, [split], weights=run / STAGE1_WEIGHTS)
+    return make_seeds(cfg, [split]).get(split, {})
+
+
 def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
-               suite: str = "voc12subset", refine: str = "irn", seg: bool = True) -> dict:
+               suite: str = "voc12subset", refine: str = "irn", seg: bool = True,
+               label_free: bool = True) -> dict:
     """The method's whole chain through ``plda run`` (each finished stage skipped on a re-run):
     stage 1 -> CAMs -> seeds, then (unless ``refine == "none"``) pseudo masks and (``seg``)
     the light DeepLab trained on them and evaluated on val. One results row."""
@@ -123,6 +142,9 @@ def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
     if refine != "none" and seg:
         row["seg_minutes"] = metrics.get("pipeline", {}).get("seg_train", 0.0) / 60.0
         scored("seg_val", metrics.get("seg", {}).get(cfg.data.val_split))
+    if label_free:
+        scored("label_free_val", label_free_seeds(preset, location, overrides, out / method,
+                                                  cfg.data.val_split, seeds["bg_threshold"]))
     return row
 
 
@@ -142,6 +164,8 @@ def main(argv=None) -> int:
                         "(pseudo/train/<id>.png; default irn, the preset's)")
     p.add_argument("--no-seg", action="store_true",
                    help="stop after the pseudo masks (no DeepLab training / evaluation)")
+    p.add_argument("--no-label-free", action="store_true",
+                   help="skip the val seeds from the classifier's predicted labels")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 64 train / 32 val images, 16 steps per method")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every method")
@@ -164,7 +188,7 @@ def main(argv=None) -> int:
     for method in methods:
         print(f"== {method}", flush=True)
         rows.append(run_method(method, args.out, data, overrides, args.suite, args.refine,
-                               seg=not args.no_seg))
+                               seg=not args.no_seg, label_free=not args.no_label_free))
     from plda.utils.io import atomic_write_json
 
     atomic_write_json(args.out / "results.json", {"suite": args.suite, "data": str(data),
@@ -172,7 +196,8 @@ def main(argv=None) -> int:
     print(f"\n{'method':10s} {'train mIoU':>10s} {'val mIoU':>9s} {'train 13':>9s} "
           f"{'val 13':>7s} {'thr':>5s} {'train min':>9s} {'infer s/img':>11s} "
           f"{'pseudo train':>12s} {'pseudo 13':>9s} {'refine min':>10s} "
-          f"{'seg val':>7s} {'seg val 13':>10s} {'seg min':>7s}")
+          f"{'seg val':>7s} {'seg val 13':>10s} {'seg min':>7s} {'lf val':>6s} "
+          f"{'lf val 13':>9s}")
     for r in rows:
         print(f"{r['method']:10s} {_fmt(r['train_miou_present'], '10.1f')} "
               f"{_fmt(r['val_miou_present'], '9.1f')} {_fmt(r['train_miou_13'], '9.1f')} "
@@ -182,10 +207,13 @@ def main(argv=None) -> int:
               f"{_fmt(r.get('pseudo_train_miou_13'), '9.1f')} "
               f"{_fmt(r.get('refine_minutes'), '10.1f')} "
               f"{_fmt(r.get('seg_val_miou_present'), '7.1f')} "
-              f"{_fmt(r.get('seg_val_miou_13'), '10.1f')} {_fmt(r.get('seg_minutes'), '7.1f')}")
+              f"{_fmt(r.get('seg_val_miou_13'), '10.1f')} {_fmt(r.get('seg_minutes'), '7.1f')} "
+              f"{_fmt(r.get('label_free_val_miou_present'), '6.1f')} "
+              f"{_fmt(r.get('label_free_val_miou_13'), '9.1f')}")
     print("mIoU: seed mIoU (%) over the classes present in the split / over the 13 supported "
           "classes; threshold chosen on train; pseudo: the refined training masks; seg: the light "
-          "DeepLab trained on them, on val. "
+          "DeepLab trained on them, on val; lf: val seeds with the classifier's predicted "
+          "labels instead of the true image labels. "
           f"Results: {args.out / 'results.json'}")
     print("\nloss terms, first -> last logged window:")
     for r in rows:
