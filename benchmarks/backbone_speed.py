@@ -6,18 +6,19 @@ the convolutions (``conv_frozen_bn``, ``--switch fold``).
     python benchmarks/backbone_speed.py
     python benchmarks/backbone_speed.py --crops 96 --configs efficientnet_lite0:8 --threads 1
     python benchmarks/backbone_speed.py --switch fold --configs efficientnet_lite0:32 --crops 224
-    python benchmarks/backbone_speed.py --switch fold --mode infer --batch 2 --crops 500x375 \
-        --configs efficientnet_lite0:32
+    python benchmarks/backbone_speed.py --switch fold --mode infer --batch 2 \
+        --crops 500x375 --configs efficientnet_lite0:32
 
 A pass is what training does with the backbone: train mode (default frozen layers and BN),
 forward to every level, backward from the sum of the level means. Random weights and images,
 batch 8 by default. The two variants alternate pass by pass, so that load from other processes
 hits both alike; the table gives medians over ``--repeat`` passes after ``--warmup``, as wall
 and as CPU seconds of this process. ``--mode infer`` times what CAM inference and segmentation
-evaluation do instead: eval mode, forward only, no gradients. On a shared machine use ``--threads 1``: CPU seconds are
-then hardly affected by other processes, while wall time of multi-threaded passes is (every
-parallel region waits for its slowest thread). The fast path only changes dilated depthwise
-layers, and folding only EfficientNet-Lite0's, so ResNet-50 is a control.
+evaluation do instead: eval mode, forward only, no gradients. On a shared machine use
+``--threads 1``: CPU seconds are then hardly affected by other processes, while wall time of
+multi-threaded passes is (every parallel region waits for its slowest thread). The fast path only
+changes dilated depthwise layers, and folding only EfficientNet-Lite0's, so ResNet-50 is a
+control.
 """
 
 from __future__ import annotations
