@@ -142,11 +142,16 @@ def test_efficientnet_same_features_and_gradients_with_fast_path(output_stride):
     torch.manual_seed(0)
     net = build_backbone("efficientnet_lite0", output_stride=output_stride).train()
     image = torch.randn(2, 3, 72, 56)  # 9x7 at stride 8: odd sizes reach the dilated stages
+    _assert_same_with_switch_off(net, image, "FAST_DILATED_DEPTHWISE")
+
+
+def _assert_same_with_switch_off(net, image, switch: str) -> None:
+    """Levels and gradients with ``layers.<switch>`` on equal those with it off."""
     try:
-        layers.FAST_DILATED_DEPTHWISE = False
+        setattr(layers, switch, False)
         plain = _levels_and_grads(net, image)
     finally:
-        layers.FAST_DILATED_DEPTHWISE = True
+        setattr(layers, switch, True)
     fast = _levels_and_grads(net, image)
     assert list(fast[1]) == list(plain[1]) and len(fast[1]) == 46  # conv weights; BN is frozen
     for got, want in zip(fast, plain):
@@ -210,15 +215,4 @@ def test_efficientnet_same_features_and_gradients_with_folded_bn(output_stride):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    image = torch.randn(2, 3, 72, 56)
-    try:
-        layers.FOLD_FROZEN_BN = False
-        plain = _levels_and_grads(net, image)
-    finally:
-        layers.FOLD_FROZEN_BN = True
-    folded = _levels_and_grads(net, image)
-    assert list(folded[1]) == list(plain[1]) and len(folded[1]) == 46
-    for got, want in zip(folded, plain):
-        for name in want:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-4,
-                                       atol=1e-4 * want[name].abs().max().item(), msg=name)
+    _assert_same_with_switch_off(net, torch.randn(2, 3, 72, 56), "FOLD_FROZEN_BN")

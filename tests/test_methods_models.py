@@ -262,6 +262,20 @@ def test_cps_on_single_class_images_depends_on_the_reference_switch(reference):
     assert (out["cps_source"].item() == 0.0) == reference
 
 
+def _assert_trains_and_infers(model, data, name: str, cam_grid: tuple[int, int]) -> None:
+    """Every loss term of ``name`` present and finite, finite gradients reaching the classifier,
+    and finite eval-mode CAMs on ``cam_grid``."""
+    out = model(data, progress=0.5)
+    assert TERMS[name] <= set(out)
+    for key in TERMS[name] | {"loss"}:
+        assert torch.isfinite(out[key]), key
+    out["loss"].backward()
+    grads = [p.grad for p in model.classifier.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    cams = model.eval().cams(data["image"][:1])
+    assert cams.cam.shape == (1, NUM_CLASSES, *cam_grid) and torch.isfinite(cams.cam).all()
+
+
 @pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
 def test_methods_train_and_infer_on_a_stride_32_backbone(name):
     """Stride 32 (EfficientNet-Lite0 as pretrained, no dilation): SEAM's 0.3x view of a 64 px
@@ -275,15 +289,7 @@ def test_methods_train_and_infer_on_a_stride_32_backbone(name):
     gen = torch.Generator().manual_seed(2)
     data = {"image": torch.randn(2, 3, 64, 64, generator=gen),
             "label": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])}
-    out = model(data, progress=0.5)
-    assert TERMS[name] <= set(out)
-    for key in TERMS[name] | {"loss"}:
-        assert torch.isfinite(out[key]), key
-    out["loss"].backward()
-    grads = [p.grad for p in model.classifier.parameters() if p.requires_grad]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-    cams = model.eval().cams(data["image"][:1])
-    assert cams.cam.shape == (1, NUM_CLASSES, 2, 2) and torch.isfinite(cams.cam).all()
+    _assert_trains_and_infers(model, data, name, (2, 2))
 
 
 @pytest.mark.parametrize("name", ["seam", "seam_plda"])
@@ -308,14 +314,7 @@ def test_pcm_on_a_finer_grid_than_a_stride_32_cam(name):
     raw = model.classifier(view.features)
     assert torch.allclose(view.raw, F.interpolate(raw, size=(6, 6), mode="bilinear",
                                                   align_corners=True), atol=1e-6)
-    out = model(data, progress=0.5)
-    for key in TERMS[name] | {"loss"}:
-        assert torch.isfinite(out[key]), key
-    out["loss"].backward()
-    grads = [p.grad for p in model.classifier.parameters() if p.requires_grad]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-    cams = model.eval().cams(data["image"][:1])
-    assert cams.cam.shape == (1, NUM_CLASSES, 6, 6) and torch.isfinite(cams.cam).all()
+    _assert_trains_and_infers(model, data, name, (6, 6))
 
 
 @pytest.mark.parametrize("stride,output_stride,match", [

@@ -182,7 +182,23 @@ class LiteHead(nn.Module):
         return self.classifier(self.aspp(x))
 
 
-class V3PlusHead(nn.Module):
+class _DecoderHead(nn.Module):
+    """The v3+ decoder's forward: ``aspp`` on the final level, upsampled to the stride-4 level
+    (after ``reduce``), concatenated, ``fuse``d and classified. Subclasses build the modules."""
+
+    aspp: nn.Module
+    reduce: nn.Module
+    fuse: nn.Module
+    classifier: nn.Module
+
+    def forward(self, x: Tensor, low: Tensor) -> Tensor:
+        low = self.reduce(low)
+        x = F.interpolate(self.aspp(x), size=low.shape[-2:], mode="bilinear",
+                          align_corners=False)
+        return self.classifier(self.fuse(torch.cat([x, low], 1)))
+
+
+class V3PlusHead(_DecoderHead):
     """DeepLab-v3+: ASPP on the final level, upsampled and fused with the stride-4 level."""
 
     def __init__(self, in_channels: int, low_channels: int, num_classes: int,
@@ -197,14 +213,8 @@ class V3PlusHead(nn.Module):
             nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
-    def forward(self, x: Tensor, low: Tensor) -> Tensor:
-        low = self.reduce(low)
-        x = F.interpolate(self.aspp(x), size=low.shape[-2:], mode="bilinear",
-                          align_corners=False)
-        return self.classifier(self.fuse(torch.cat([x, low], 1)))
 
-
-class LitePlusHead(nn.Module):
+class LitePlusHead(_DecoderHead):
     """``deeplab_lite_plus``: the lite ASPP, upsampled to the stride-4 level (reduced to
     ``low_width`` channels) and fused by one depthwise-separable 3x3 convolution."""
 
@@ -215,12 +225,6 @@ class LitePlusHead(nn.Module):
         self.reduce = _conv_bn_relu(low_channels, low_width)
         self.fuse = _separable(width + low_width, width, 1)
         self.classifier = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, x: Tensor, low: Tensor) -> Tensor:
-        low = self.reduce(low)
-        x = F.interpolate(self.aspp(x), size=low.shape[-2:], mode="bilinear",
-                          align_corners=False)
-        return self.classifier(self.fuse(torch.cat([x, low], 1)))
 
 
 class SegmentationNet(nn.Module):
