@@ -14,7 +14,8 @@ Heads, all reading the backbone's levels dict:
   reduced to 32 channels, one depthwise-separable 3x3 fuse at the ASPP width); logits at stride
   4. With it the backbone can run at output stride 32 (EfficientNet-Lite0 as ImageNet trained
   it, no dilated depthwise convolutions): on 2 CPU cores a batch of 8 crops of 224 trains in
-  ~1.0 s against ``deeplab_lite``'s 1.6 s at stride 16, with logits 4x finer per side.
+  0.65 s against ``deeplab_lite``'s 1.31 s at stride 16 (``benchmarks/seg_step.py``), with
+  logits 4x finer per side.
 
 Dilations are quoted for the stride they were published at (8 for v1/v2, 16 for v3/v3+) and
 scaled for the other output stride, so the field of view stays the same in input pixels.
