@@ -186,9 +186,9 @@ def test_refine_affinity_end_to_end(tmp_path):
 
 
 def test_irn_thresholds_follow_the_chosen_seed_threshold(tmp_path):
-    """IRN's 0.30 / 0.05 / 0.25 were set for seeds thresholded at 0.15: relative_to_seeds
-    scales all three by the run's chosen threshold / 0.15 (capped at 0.95); otherwise they are
-    the configured values. The relation labels use them."""
+    """IRN's 0.30 / 0.05 / 0.25 were set for seeds thresholded at 0.15: relative_to_seeds with
+    the linear rule scales all three by the run's chosen threshold / 0.15 (capped at 0.95);
+    otherwise they are the configured values. The relation labels use them."""
     from plda.errors import DataError
     from plda.pipeline.common import update_metrics
     from plda.pipeline.refine import irn_thresholds
@@ -197,7 +197,8 @@ def test_irn_thresholds_follow_the_chosen_seed_threshold(tmp_path):
     run = tmp_path / "run"
     fixed = load_run_config("synth_cam", [f"run_dir={run}"])
     assert irn_thresholds(fixed) == {"fg": 0.30, "bg": 0.05, "walk_bg": 0.25}
-    cfg = load_run_config("synth_cam", [f"run_dir={run}", "refine.irn.relative_to_seeds=true"])
+    cfg = load_run_config("synth_cam", [f"run_dir={run}", "refine.irn.relative_to_seeds=true",
+                                        "refine.irn.relative_rule=linear"])
     with pytest.raises(DataError, match="no background threshold"):
         irn_thresholds(cfg)
     run.mkdir()
@@ -213,3 +214,38 @@ def test_irn_thresholds_follow_the_chosen_seed_threshold(tmp_path):
     assert not (relation_labels(cams, [3], None, fg_threshold=0.30, bg_threshold=0.05) == 0).any()
     scaled = relation_labels(cams, [3], None, fg_threshold=got["fg"], bg_threshold=got["bg"])
     assert (scaled[:, :2] == 0).all() and (scaled[:, 2:] == 255).all()
+
+
+def test_irn_power_rule_equals_irn_values_on_rescaled_cams(tmp_path):
+    """The power rule moves IRN's thresholds to v ** (ln t / ln 0.15): thresholding the CAMs
+    there labels exactly the pixels that IRN's own values label on the CAMs raised to the power
+    that sends the seed threshold t onto 0.15. At t = 0.15 the values are IRN's; a threshold
+    outside (0, 1) is refused by name."""
+    from plda.errors import DataError
+    from plda.pipeline.common import update_metrics
+    from plda.pipeline.refine import irn_thresholds
+    from plda.refinement.relations import relation_labels
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_run_config("synth_cam", [f"run_dir={run}", "refine.irn.relative_to_seeds=true"])
+    assert cfg.refine.irn.relative_rule == "power"
+    update_metrics(cfg, "seeds", {"bg_threshold": 0.15})
+    assert irn_thresholds(cfg) == pytest.approx({"fg": 0.30, "bg": 0.05, "walk_bg": 0.25})
+    update_metrics(cfg, "seeds", {"bg_threshold": 0.38})
+    got = irn_thresholds(cfg)
+    gamma = np.log(0.15) / np.log(0.38)
+    assert got == pytest.approx({"fg": 0.30 ** (1 / gamma), "bg": 0.05 ** (1 / gamma),
+                                 "walk_bg": 0.25 ** (1 / gamma)})
+    assert 0.05 < got["bg"] < 0.38 < got["fg"] < 0.95  # ordered around t, none capped
+    rng = np.random.default_rng(0)
+    cams = rng.random((2, 9, 9)).astype(np.float64)
+    moved = relation_labels(cams, [3, 7], None, fg_threshold=got["fg"], bg_threshold=got["bg"])
+    rescaled = relation_labels(cams ** gamma, [3, 7], None, fg_threshold=0.30,
+                               bg_threshold=0.05)
+    assert (moved == rescaled).all() and {0, 255} <= set(np.unique(moved).tolist())
+    cfg = load_run_config("synth_cam", [f"run_dir={run}", "refine.irn.relative_to_seeds=true",
+                                        "cam.bg_threshold=0"])
+    with pytest.raises(DataError, match="seed threshold in \\(0, 1\\), got 0"):
+        irn_thresholds(cfg)
+

@@ -110,10 +110,15 @@ class IRNConfig:
     # Background score of the walked, max-normalised CAMs (IRN's sem_seg_bg_thres).
     sem_seg_bg_threshold: float = 0.25
     # IRN set these three for CAMs whose seed threshold is 0.15 (its cam_eval_thres). True:
-    # scale them by (this run's chosen seed threshold / 0.15), capped below 1, for CAMs of
-    # another shape (SEAM's PCM CAMs are high almost everywhere: none falls below 0.05). Plain
-    # CAMs with a threshold near 0.15 keep IRN's values.
+    # move them with this run's chosen seed threshold t, for CAMs of another shape (SEAM's PCM
+    # CAMs are high almost everywhere: none falls below 0.05). ``relative_rule`` says how:
+    # "power" maps each value v to v ** (ln t / ln 0.15), the same as raising the CAMs to the
+    # power that sends t onto 0.15 and keeping IRN's values; "linear" multiplies each by
+    # t / 0.15 (capped at 0.95). Both leave plain CAMs with t near 0.15 at IRN's values; at
+    # t = 0.38 "linear" gives 0.76 / 0.13 / 0.63 and leaves ~90 % of SEAM's pixels without a
+    # relation label, "power" gives 0.54 / 0.22 / 0.50.
     relative_to_seeds: bool = False
+    relative_rule: Literal["power", "linear"] = "power"
     # Image scale of the label CRF, the boundary map and the walk (1.0 = IRN). 0.5 makes each
     # about 4x cheaper (the walk's grid is then stride 8 of the image instead of 4): a CPU
     # setting; train the boundary net at that scale too (``scale``).

@@ -108,14 +108,25 @@ _MAX_THRESHOLD = 0.95
 
 def irn_thresholds(cfg: RunConfig) -> dict[str, float]:
     """IRN's confident-foreground, confident-background and walked-background thresholds:
-    ``refine.irn``'s values, or with ``relative_to_seeds`` those values times (the run's chosen
-    seed threshold / IRN's 0.15), each capped at 0.95."""
+    ``refine.irn``'s values, or with ``relative_to_seeds`` those values moved with the run's
+    chosen seed threshold ``t``: ``v ** (ln t / ln 0.15)`` (``relative_rule: power``, the
+    monotone map of CAM values that sends ``t`` onto IRN's 0.15) or ``v * t / 0.15`` capped at
+    0.95 (``linear``)."""
+    import math
+
     irn = cfg.refine.irn
     values = {"fg": irn.fg_threshold, "bg": irn.bg_threshold, "walk_bg": irn.sem_seg_bg_threshold}
-    if irn.relative_to_seeds:
-        ratio = background_threshold(cfg) / IRN_SEED_THRESHOLD
-        values = {k: min(v * ratio, _MAX_THRESHOLD) for k, v in values.items()}
-    return values
+    if not irn.relative_to_seeds:
+        return values
+    seed_threshold = background_threshold(cfg)
+    if not 0 < seed_threshold < 1:
+        raise DataError(f"refine.irn.relative_to_seeds needs a seed threshold in (0, 1), got "
+                        f"{seed_threshold}")
+    if irn.relative_rule == "linear":
+        ratio = seed_threshold / IRN_SEED_THRESHOLD
+        return {k: min(v * ratio, _MAX_THRESHOLD) for k, v in values.items()}
+    exponent = math.log(seed_threshold) / math.log(IRN_SEED_THRESHOLD)
+    return {k: v ** exponent for k, v in values.items()}
 
 
 def make_relation_labels(cfg: RunConfig, *, workers: int | None = None) -> dict:
