@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +91,7 @@ def test_cam_without_trained_model_says_what_to_do(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("image_scale", [1.0, 0.5])
-def test_refine_irn_end_to_end_resumes_and_scores(tmp_path, image_scale):
+def test_refine_irn_end_to_end_resumes_and_scores(tmp_path, capsys, image_scale):
     """train -> cam -> seeds -> refine irn on the tiny synthetic set: relation labels, a
     trained boundary net, one pseudo mask per image (labels within the image's classes),
     pseudo-mask mIoU in metrics.json; re-running keeps every finished file. At image_scale
@@ -129,6 +131,29 @@ def test_refine_irn_end_to_end_resumes_and_scores(tmp_path, image_scale):
     assert again["pseudo"]["val"]["written"] == 1 and again["pseudo"]["train"]["written"] == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.exists()
                and p.name != masks[0].name)
+
+    # benchmarks/irn_walk_sweep.py recomputes the same walk: at the run's own threshold and
+    # walk length it scores exactly the pseudo masks refine wrote for the training split.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from irn_walk_sweep import main as walk_sweep
+    finally:
+        sys.path.pop(0)
+    capsys.readouterr()
+    assert walk_sweep([str(run), "--images", "8", "--exp-times", "2,4",
+                       "--thresholds", "0.1:0.5:0.2"]) == 0
+    rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:5]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| walk")
+            or line.startswith("| seeds")}
+    assert set(rows) == {"seeds, best threshold", "seeds, the run's threshold",
+                         "walk 2^2, best threshold", "walk 2^4, best threshold",
+                         "walk 2^4, the run's threshold"}
+    threshold, miou = rows["walk 2^4, the run's threshold"][:2]
+    assert threshold == pytest.approx(0.25, abs=0.005)
+    assert miou == pytest.approx(metrics["pseudo"]["train"]["miou"], abs=0.05)
+    assert rows["walk 2^4, best threshold"][1] >= miou
+    assert rows["seeds, the run's threshold"][1] == pytest.approx(
+        metrics["seeds"]["train"]["miou"], abs=0.05)
 
 
 @pytest.mark.slow

@@ -198,14 +198,27 @@ def load_boundary_net(cfg: RunConfig, num_classes: int):
     return net.eval().to(memory_format=torch.channels_last)  # faster convolutions, same math
 
 
+def irn_boundary(cfg: RunConfig, net, image):
+    """The boundary map ``(h, w)`` (float, CPU) of a normalised image ``(3, H, W)``, computed
+    at ``refine.irn.image_scale`` (a smaller grid; the walked mask keeps the CAMs' size)."""
+    import torch.nn.functional as F
+
+    from plda.inference.cams import scaled_size
+    from plda.refinement.irn import boundary_map
+
+    scale = cfg.refine.irn.image_scale
+    if scale != 1.0:
+        size = scaled_size(*image.shape[-2:], scale)
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+    return boundary_map(net, image).float().cpu()
+
+
 def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
     """IRN pseudo masks of each split (default ``data.eval_splits``), sharded across ranks;
     existing files are kept. Scores them when the dataset has masks (rank 0)."""
-    import torch.nn.functional as F
-
     from plda.engine.distributed import init_distributed
-    from plda.inference.cams import scaled_size
-    from plda.refinement.irn import boundary_map, irn_pseudo_mask
+    from plda.refinement.irn import irn_pseudo_mask
 
     dist = dist if dist is not None else init_distributed()
     irn = cfg.refine.irn
@@ -213,12 +226,8 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
     net = load_boundary_net(cfg, load_layout(cfg, generate=False).num_classes).to(dist.device)
 
     def make_mask(image, cams, keys):
-        if irn.image_scale != 1.0:  # a smaller boundary grid; the mask keeps the CAMs' size
-            size = scaled_size(*image.shape[-2:], irn.image_scale)
-            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
-                                  antialias=True)[0]
-        return irn_pseudo_mask(cams, keys, boundary_map(net, image).float().cpu(),
-                               radius=irn.radius, beta=irn.beta, exp_times=irn.exp_times,
+        return irn_pseudo_mask(cams, keys, irn_boundary(cfg, net, image), radius=irn.radius,
+                               beta=irn.beta, exp_times=irn.exp_times,
                                bg_threshold=thresholds["walk_bg"])
 
     return _walk_splits(cfg, splits, dist, "irn", net, make_mask,

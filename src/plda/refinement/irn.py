@@ -116,6 +116,31 @@ def boundary_map(net: BoundaryNet, image: Tensor, flip: bool = True) -> Tensor:
         net.train(was_training)
 
 
+def irn_walk_scores(cams: Tensor, boundary: Tensor, *, radius: int = 5, beta: float = 10.0,
+                    exp_times: int = 8) -> Tensor:
+    """IRN's walked CAMs of one image: ``cams`` ``(C, H, W)`` (normalised, image size) resized
+    to the boundary grid and max-normalised per class (IRN's stride-4 CAMs), walked
+    ``2^exp_times`` steps over the affinities of ``boundary`` ``(h, w)``, upsampled to
+    ``(H, W)`` and divided by their overall maximum -> ``(C, H, W)`` in [0, 1]."""
+    height, width = cams.shape[-2:]
+    grid = boundary.shape[-2:]
+    small = F.interpolate(cams[None].float(), size=grid, mode="bilinear", align_corners=False)[0]
+    small = small / (small.flatten(1).amax(1)[:, None, None] + 1e-5)
+    walked = propagate_cams(small.to(boundary.dtype), boundary, radius=radius, beta=beta,
+                            exp_times=exp_times)
+    up = F.interpolate(walked[None], size=(height, width), mode="bilinear",
+                       align_corners=False)[0]
+    return up / up.max().clamp(min=1e-12)
+
+
+def label_walked(scores: Tensor, keys: Sequence[int], bg_threshold: float) -> Tensor:
+    """``(H, W) uint8`` labels of walked scores ``(C, H, W)``: the best class, or background
+    (0) where every score stays under ``bg_threshold`` (IRN's ``sem_seg_bg_thres``)."""
+    scores = torch.cat([torch.full_like(scores[:1], bg_threshold), scores])
+    lookup = torch.tensor([0, *keys], dtype=torch.uint8)
+    return lookup[scores.argmax(0)]
+
+
 def irn_pseudo_mask(cams: Tensor, keys: Sequence[int], boundary: Tensor, *, radius: int = 5,
                     beta: float = 10.0, exp_times: int = 8, bg_threshold: float = 0.25
                     ) -> Tensor:
@@ -128,18 +153,7 @@ def irn_pseudo_mask(cams: Tensor, keys: Sequence[int], boundary: Tensor, *, radi
     Returns:
         ``(H, W) uint8`` pseudo mask: 0 background, ``keys`` for the classes.
     """
-    height, width = cams.shape[-2:]
-    grid = boundary.shape[-2:]
     if cams.shape[0] == 0:
-        return torch.zeros(height, width, dtype=torch.uint8)
-    # IRN's stride-4 CAMs: the image-size maps resized to the boundary grid, max-normalised.
-    small = F.interpolate(cams[None].float(), size=grid, mode="bilinear", align_corners=False)[0]
-    small = small / (small.flatten(1).amax(1)[:, None, None] + 1e-5)
-    walked = propagate_cams(small.to(boundary.dtype), boundary, radius=radius, beta=beta,
-                            exp_times=exp_times)
-    up = F.interpolate(walked[None], size=(height, width), mode="bilinear",
-                       align_corners=False)[0]
-    up = up / up.max().clamp(min=1e-12)
-    scores = torch.cat([torch.full_like(up[:1], bg_threshold), up])
-    lookup = torch.tensor([0, *keys], dtype=torch.uint8)
-    return lookup[scores.argmax(0)]
+        return torch.zeros(*cams.shape[-2:], dtype=torch.uint8)
+    scores = irn_walk_scores(cams, boundary, radius=radius, beta=beta, exp_times=exp_times)
+    return label_walked(scores, keys, bg_threshold)
