@@ -5,6 +5,7 @@ image-level labels to a segmentation network.
     python benchmarks/voc12subset.py --out runs/vs --refine none       # seeds only
     python benchmarks/voc12subset.py --out /tmp/vq --quick             # a smoke run, minutes
     python benchmarks/voc12subset.py --suite synth --out runs/synth-methods   # synthetic data
+    python benchmarks/voc12subset.py --out runs/vs --refine none --seeds 0,1,2  # run-to-run spread
 
 Each method trains from the pretrained EfficientNet-Lite0 with the same budget, crop and seed
 (presets ``voc12subset_<method>_effnetlite0``; plain CAM at output stride 32, where its CAMs are
@@ -24,6 +25,9 @@ train (``OUT/<method>/label_free/``; ``--no-label-free`` skips it) — the segme
 no labels, so this is the like-for-like comparison.
 ``OUT/results.json`` keeps it all, per-class IoU included, and each method's loss terms at the
 start and end of training (the first and last logged windows of ``logs/train.jsonl``).
+``--seeds 0,1,2`` repeats everything once per ``train.seed`` into ``OUT/seed<k>/`` and ends with
+the spread table of ``benchmarks/seed_spread.py`` (per-method mean, sd, min, max; per pair of
+methods, on how many seeds the first wins): one run per method can rank them by chance.
 ``--suite synth`` runs the same comparison on the built-in synthetic dataset (presets
 ``synth_<method>``).
 """
@@ -152,47 +156,27 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/voc12subset"))
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="the VOC-layout sample (default ../shared/data/voc12-subset)")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--suite", choices=("voc12subset", "synth"), default="voc12subset")
-    p.add_argument("--refine", choices=("irn", "affinity", "crf", "pamr", "none"), default="irn",
-                   help="refinement of the training split's seeds into pseudo masks "
-                        "(pseudo/train/<id>.png; default irn, the preset's)")
-    p.add_argument("--no-seg", action="store_true",
-                   help="stop after the pseudo masks (no DeepLab training / evaluation)")
-    p.add_argument("--no-label-free", action="store_true",
-                   help="skip the val seeds from the classifier's predicted labels")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 64 train / 32 val images, 16 steps per method")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides for every method")
-    args = p.parse_args(argv)
-    if args.suite == "voc12subset" and \
-            not (args.data / "ImageSets" / "Segmentation" / "train.txt").is_file():
-        raise SystemExit(f"{args.data}: not the VOC sample (no ImageSets/Segmentation/train.txt)")
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; expected a comma list of {METHODS}")
-    data, overrides = args.data.resolve(), list(args.overrides)
-    if args.quick:
-        if args.suite == "voc12subset":
-            data = _quick_dataset(args.data, args.out / "quick-data", 64, 32)
-        overrides = ["train.epochs=null", "train.iterations=16", "train.checkpoint_every=8",
-                     "refine.irn.train.epochs=1", "refine.affinity.train.epochs=1",
-                     "seg.train.iterations=8", *overrides]
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds: {text!r} is not a comma list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds: {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def _bench(methods: list[str], out: Path, data: Path, overrides: list[str], args) -> list[dict]:
+    """Every method's chain into ``out/<method>/``; ``out/results.json`` and the table."""
     rows = []
     for method in methods:
         print(f"== {method}", flush=True)
-        rows.append(run_method(method, args.out, data, overrides, args.suite, args.refine,
+        rows.append(run_method(method, out, data, overrides, args.suite, args.refine,
                                seg=not args.no_seg, label_free=not args.no_label_free))
     from plda.utils.io import atomic_write_json
 
-    atomic_write_json(args.out / "results.json", {"suite": args.suite, "data": str(data),
-                                                  "overrides": overrides, "rows": rows})
+    atomic_write_json(out / "results.json", {"suite": args.suite, "data": str(data),
+                                             "overrides": overrides, "rows": rows})
     print(f"\n{'method':10s} {'train mIoU':>10s} {'val mIoU':>9s} {'train 13':>9s} "
           f"{'val 13':>7s} {'thr':>5s} {'train min':>9s} {'infer s/img':>11s} "
           f"{'pseudo train':>12s} {'pseudo 13':>9s} {'refine min':>10s} "
@@ -214,11 +198,60 @@ def main(argv=None) -> int:
           "classes; threshold chosen on train; pseudo: the refined training masks; seg: the light "
           "DeepLab trained on them, on val; lf: val seeds with the classifier's predicted "
           "labels instead of the true image labels. "
-          f"Results: {args.out / 'results.json'}")
+          f"Results: {out / 'results.json'}")
     print("\nloss terms, first -> last logged window:")
     for r in rows:
         terms = ", ".join(f"{k} {a:.3g}->{b:.3g}" for k, (a, b) in r["loss_terms"].items())
         print(f"  {r['method']:10s} {terms}")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/voc12subset"))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="the VOC-layout sample (default ../shared/data/voc12-subset)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--suite", choices=("voc12subset", "synth"), default="voc12subset")
+    p.add_argument("--refine", choices=("irn", "affinity", "crf", "pamr", "none"), default="irn",
+                   help="refinement of the training split's seeds into pseudo masks "
+                        "(pseudo/train/<id>.png; default irn, the preset's)")
+    p.add_argument("--no-seg", action="store_true",
+                   help="stop after the pseudo masks (no DeepLab training / evaluation)")
+    p.add_argument("--no-label-free", action="store_true",
+                   help="skip the val seeds from the classifier's predicted labels")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 64 train / 32 val images, 16 steps per method")
+    p.add_argument("--seeds", help="comma list of train.seed values (e.g. 0,1,2): every method "
+                   "runs once per seed into OUT/seed<k>/<method>/ and the run-to-run spread is "
+                   "printed at the end (benchmarks/seed_spread.py)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every method")
+    args = p.parse_args(argv)
+    if args.suite == "voc12subset" and \
+            not (args.data / "ImageSets" / "Segmentation" / "train.txt").is_file():
+        raise SystemExit(f"{args.data}: not the VOC sample (no ImageSets/Segmentation/train.txt)")
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; expected a comma list of {METHODS}")
+    seeds = None if args.seeds is None else _seed_list(args.seeds)
+    data, overrides = args.data.resolve(), list(args.overrides)
+    if args.quick:
+        if args.suite == "voc12subset":
+            data = _quick_dataset(args.data, args.out / "quick-data", 64, 32)
+        overrides = ["train.epochs=null", "train.iterations=16", "train.checkpoint_every=8",
+                     "refine.irn.train.epochs=1", "refine.affinity.train.epochs=1",
+                     "seg.train.iterations=8", *overrides]
+    if args.seeds is None:
+        _bench(methods, args.out, data, overrides, args)
+        return 0
+    for seed in seeds:
+        print(f"==== train.seed={seed}", flush=True)
+        _bench(methods, args.out / f"seed{seed}", data, [*overrides, f"train.seed={seed}"], args)
+    from seed_spread import print_table, run_folders, run_row
+
+    print(f"\n==== run-to-run spread over train.seed in {seeds}")
+    print_table([run_row(r) for r in run_folders([args.out / f"seed{s}" for s in seeds])])
     return 0
 
 
