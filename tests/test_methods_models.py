@@ -157,6 +157,21 @@ def test_seam_cams_are_the_revised_cam_and_chunking_does_not_change_them():
 
 
 @pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+def test_unrevised_cams_are_the_classifier_map(name):
+    """``revised=False`` (``cam.map=raw``): SEAM/PLDA give their classifier's foreground map,
+    PCM skipped; plain CAM has no other map and gives the same output either way."""
+    model = make(name).eval()
+    image = batch()["image"]
+    revised, raw = model.cams(image), model.cams(image, revised=False)
+    torch.testing.assert_close(raw.raw, revised.raw)
+    if name == "cam":
+        torch.testing.assert_close(raw.cam, revised.cam)
+    else:
+        torch.testing.assert_close(raw.cam, revised.raw[:, 1:])
+        assert not torch.allclose(raw.cam, revised.cam)
+
+
+@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
 def test_parameter_groups_cover_every_trainable_parameter_once(name):
     model = make(name)
     groups = model.parameter_groups()

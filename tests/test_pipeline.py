@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cam", "seam_plda"])
-def test_pipeline_end_to_end_and_rerun_skips(tmp_path, method):
+def test_pipeline_end_to_end_and_rerun_skips(tmp_path, monkeypatch, method):
     from plda.pipeline.run import format_metrics, run_pipeline
 
     cfg = load_run_config(f"synth_{method}", [*TINY, f"run_dir={tmp_path / 'run'}"])
@@ -59,6 +59,25 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, method):
     # Changed CAM settings make the old CAM files stale: they are recomputed.
     cfg2 = load_run_config(f"synth_{method}", [*TINY, f"run_dir={run}", "cam.flip=false"])
     run_pipeline(cfg2, start="cam", until="cam")
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)
+
+    # cam.map=raw (the classifier's map, PCM skipped) is a CAM setting like the others: the files
+    # are stale and redone, and the model is asked for its unrevised map. (What that map is per
+    # method: tests/test_methods_models.py; this tiny untrained model's maps are all zero.)
+    import plda.inference.cams as inference
+
+    asked, real = [], inference.infer_cams
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("revised"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "infer_cams", recording)
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")}
+    cfg3 = load_run_config(f"synth_{method}", [*TINY, f"run_dir={run}", "cam.flip=false",
+                                               "cam.map=raw"])
+    run_pipeline(cfg3, start="cam", until="cam")
+    assert asked and set(asked) == {False}
     assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)
 
 

@@ -71,6 +71,10 @@ class CamConfig:
     # Labels that mask the CAMs: ground-truth image labels, or the classifier's own prediction.
     label_source: Literal["gt", "predicted"] = "gt"
     score_threshold: float = 0.5
+    # Which map SEAM/PLDA infer: "revised" (PCM's output, as the reference) or "raw" (the
+    # classifier's own CAM, PCM skipped) — to tell what PCM adds on a given dataset. Plain CAM
+    # has only its classifier map: both give it.
+    map: Literal["revised", "raw"] = "revised"
     # Background threshold for seeds; null = choose it by the sweep on ``sweep_split``.
     bg_threshold: Optional[float] = None
     sweep: tuple[float, float, float] = (0.20, 0.60, 0.01)

@@ -55,9 +55,12 @@ class StageOneModel(nn.Module, abc.ABC):
         """One training step's losses: ``{"loss": total, <term>: value, "stat/<x>": value}``."""
 
     @abc.abstractmethod
-    def cams(self, image: Tensor, chunk_size: int | None = None) -> CamOutput:
+    def cams(self, image: Tensor, chunk_size: int | None = None,
+             revised: bool = True) -> CamOutput:
         """Class activation maps of a normalised image batch (call in eval mode).
-        ``chunk_size`` overrides the PCM affinity block size (methods without PCM ignore it)."""
+        ``chunk_size`` overrides the PCM affinity block size; ``revised=False`` returns the
+        classifier's raw CAM as ``cam`` instead of PCM's revision (methods without PCM ignore
+        both)."""
 
     def parameter_groups(self) -> list[dict]:
         """Four torch.optim groups: backbone weights, backbone biases, new-layer weights,

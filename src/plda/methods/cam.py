@@ -33,7 +33,8 @@ class CAMModel(StageOneModel):
         return self._total({"cls": classification_loss(scores, label)})
 
     @torch.no_grad()
-    def cams(self, image: Tensor, chunk_size: int | None = None) -> CamOutput:
+    def cams(self, image: Tensor, chunk_size: int | None = None,
+             revised: bool = True) -> CamOutput:
         features = self.backbone(image)[self.backbone.final_level]
         cam = self.classifier.conv(features)
         return CamOutput(cam=cam, raw=cam)

@@ -218,6 +218,13 @@ class SEAMModel(StageOneModel):
                                             (image.shape[-2:], small.shape[-2:]), label))
 
     @torch.no_grad()
-    def cams(self, image: Tensor, chunk_size: int | None = None) -> CamOutput:
+    def cams(self, image: Tensor, chunk_size: int | None = None,
+             revised: bool = True) -> CamOutput:
+        if not revised:  # the classifier's map on PCM's grid, PCM itself skipped
+            levels = self.backbone(image)
+            raw = self.classifier(levels[self.backbone.final_level])
+            if self.pcm_grid_level is not None:
+                raw = _resize(raw, levels[self.pcm_grid_level].shape[-2:])
+            return CamOutput(cam=raw[:, 1:], raw=raw)
         view = self.run_view(image, chunk_size)
         return CamOutput(cam=view.cam_rv[:, 1:], raw=view.raw)

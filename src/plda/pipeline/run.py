@@ -72,7 +72,9 @@ def stage_settings(cfg: RunConfig, stage: str) -> dict:
         c = cfg.cam
         return {"splits": cam_splits(cfg), "scales": list(c.scales), "flip": c.flip,
                 "amp": c.amp, "label_source": c.label_source,
-                "score_threshold": c.score_threshold}
+                "score_threshold": c.score_threshold,
+                # only when not the default: runs made before the switch keep their fingerprint
+                **({"map": c.map} if c.map != "revised" else {})}
     if stage == "seeds":
         c = cfg.cam
         return {"bg_threshold": c.bg_threshold, "sweep": list(c.sweep),
