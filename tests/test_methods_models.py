@@ -353,3 +353,45 @@ def test_pcm_stride_must_name_a_level_of_the_backbone(stride, output_stride, mat
             _pcm_grid_level(backbone, stride)
     with pytest.raises(ConfigError, match="pcm_stride"):
         SEAMConfig(pcm_stride=0)
+
+
+def _plda_domains():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import plda_domains
+    finally:
+        sys.path.pop(0)
+    return plda_domains
+
+
+def test_plda_domains_scores_source_and_target_against_the_mask():
+    """benchmarks/plda_domains.py: pixel counts of S_c / T_c against a hand-made mask."""
+    import numpy as np
+
+    gt = np.zeros((4, 4), dtype=np.int64)
+    gt[:, :2] = 1          # class index 0 (label value 1) on the left half
+    gt[0, 0] = 255         # ignored
+    source = np.zeros((2, 4, 4), dtype=bool)
+    target = np.zeros((2, 4, 4), dtype=bool)
+    source[0, :, 0] = True                 # 3 kept pixels, all on the object
+    target[0, :, 1] = True                 # 4 on the object
+    target[0, :2, 2] = True                # 2 on background
+    source[1] = target[1] = True           # class 1 is absent: not scored
+    counts = _plda_domains().score_domains(source, target, gt, [0])
+    assert counts == {"s": 3, "s_in": 3, "t": 6, "t_in": 4, "t_bg": 2, "gt": 7, "covered": 7,
+                      "pairs": 1, "grid": 15}
+
+
+def test_plda_domains_near_keeps_targets_next_to_the_source():
+    model = make("seam_plda").eval()
+    data = batch()
+    domains = _plda_domains()
+    source, target = domains.domain_masks(model, data["image"], data["label"], 0.3)
+    assert source.any() and target.any() and not (source & target).any()
+    _, near = domains.domain_masks(model, data["image"], data["label"], 0.3, near=1)
+    assert not (near & ~target).any()  # a subset of the unrestricted target
+    for b, c, i, j in torch.nonzero(near).tolist():
+        assert source[b, c, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].any()

@@ -1,0 +1,153 @@
+"""Where PLDA's source and target domains fall, measured against the ground-truth masks.
+
+    python benchmarks/plda_domains.py RUN [RUN ...] --images 200 --long-side 288
+
+PLDA aligns, per class c, the features of its source S_c (pixels whose min-max normalised
+revised CAM exceeds tau) with those of its target T_c (the same rule on the image with every
+source pixel erased, minus S_c): the method assumes T_c is the object's non-discriminative part.
+For each finished SEAM or SEAM+PLDA run (a ``plda run`` folder with ``stage1.safetensors``) this
+recomputes S_c and T_c exactly as training does (``plda.methods.domain``: ``mask_assign``,
+``erase``, the erased pass with dropout off) on the first N images of the training split, resized
+so the long side is ``--long-side`` px (training crops at 224 from long sides of 224-384), and
+scores them on the CAM grid against the ground-truth mask (nearest-resized):
+
+- S in c / T in c: the fraction of S_c's / T_c's pixels that belong to class c (precision);
+- T in bg: the fraction of T_c on background — the part of the target that is not an object;
+- |S|, |T|: pixels per (image, present class) as a fraction of the grid;
+- c covered: the fraction of class c's ground-truth pixels inside S_c or T_c;
+- c, % grid: class c's share of the grid — the precision a mask placed at random would have.
+
+Pixel-weighted over every (image, present class) pair. A SEAM run (no domain head) shows what
+PLDA would be given by SEAM's CAMs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def domain_masks(model, image, label, tau: float, near: int = 0):
+    """(source, target) bool (B, C, h, w) of a SEAM-family model on a normalised image batch,
+    as PLDA's training computes them (target excludes source); ``near`` > 0 keeps only target
+    pixels within that many grid cells (Chebyshev) of the class's source."""
+    import torch
+    import torch.nn.functional as F
+
+    from plda.methods.domain import erase, mask_assign
+    from plda.methods.seam_plda import dropout_disabled
+
+    with torch.no_grad(), dropout_disabled(model):
+        view = model.run_view(image)
+        source = mask_assign(view.cam_rv, label, tau)
+        second = model.run_view(erase(image, source))
+        target = mask_assign(second.cam_rv, label, tau) & ~source
+        if near > 0:
+            grown = F.max_pool2d(source.float(), 2 * near + 1, stride=1, padding=near) > 0
+            target &= grown
+    return source, target
+
+
+def score_domains(source: np.ndarray, target: np.ndarray, gt: np.ndarray, classes) -> dict:
+    """Pixel counts of one image on the CAM grid: ``source``/``target`` (C, h, w) bool, ``gt``
+    (h, w) label map (255 ignored), ``classes`` the present foreground class indices (0-based
+    into the C channels; label value = index + 1)."""
+    keep = gt != 255
+    counts = dict.fromkeys(("s", "s_in", "t", "t_in", "t_bg", "gt", "covered", "pairs"), 0)
+    for c in classes:
+        s, t, obj = source[c] & keep, target[c] & keep, gt == c + 1
+        counts["s"] += int(s.sum())
+        counts["s_in"] += int((s & obj).sum())
+        counts["t"] += int(t.sum())
+        counts["t_in"] += int((t & obj).sum())
+        counts["t_bg"] += int((t & (gt == 0)).sum())
+        counts["gt"] += int(obj.sum())
+        counts["covered"] += int(((s | t) & obj).sum())
+        counts["pairs"] += 1
+    counts["grid"] = int(keep.sum()) * len(classes)
+    return counts
+
+
+def run_domains(run: Path, images: int, long_side: int, tau: float | None,
+                near: int = 0) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from plda.config import load_run_config
+    from plda.data.transforms import EvalTransform
+    from plda.pipeline.common import load_layout, load_stage1_model
+
+    cfg = load_run_config(run / "config.yaml")
+    if cfg.method.name not in ("seam", "seam_plda"):
+        raise SystemExit(f"{run}: method {cfg.method.name!r} has no revised CAM; expected a "
+                         "seam or seam_plda run")
+    tau = cfg.method.plda.tau if tau is None else tau
+    layout = load_layout(cfg)
+    model = load_stage1_model(cfg, layout.num_classes, run / "stage1.safetensors")
+    transform = EvalTransform(tuple(model.backbone.input_mean), tuple(model.backbone.input_std))
+    ids = layout.ids(cfg.data.train_split)[:images]
+    total: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for i, image_id in enumerate(ids):
+        image, mask = transform(layout.load_image(image_id), layout.load_mask(image_id))
+        h, w = image.shape[-2:]
+        scale = long_side / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        label = torch.tensor(layout.labels(image_id), dtype=torch.float32)[None]
+        source, target = domain_masks(model, x, label, tau, near)
+        grid = source.shape[-2:]
+        gt = F.interpolate(mask[None, None].float(), size=grid, mode="nearest")[0, 0]
+        classes = torch.nonzero(label[0]).flatten().tolist()
+        counts = score_domains(source[0].numpy(), target[0].numpy(), gt.long().numpy(), classes)
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+        if (i + 1) % 50 == 0 or i + 1 == len(ids):
+            rate = (i + 1) / (time.perf_counter() - t0)
+            print(f"  {run.name}: {i + 1}/{len(ids)} images, {rate:.1f} img/s, "
+                  f"ETA {(len(ids) - i - 1) / rate:.0f} s", file=sys.stderr, flush=True)
+    return {"run": str(run), "method": cfg.method.name, "seed": cfg.train.seed, "tau": tau,
+            "images": len(ids), **total}
+
+
+def _ratio(a: int, b: int) -> float:
+    return 100.0 * a / b if b else float("nan")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--long-side", type=int, default=288)
+    p.add_argument("--tau", type=float, default=None, help="default: the run's method.plda.tau")
+    p.add_argument("--near", type=int, default=0,
+                   help="keep only target pixels within this many grid cells of the source")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [run_domains(run, args.images, args.long_side, args.tau, args.near)
+            for run in args.runs]
+    print(f"| run | method | seed | tau | S in c | T in c | T in bg | S, % grid | T, % grid "
+          f"| c covered | c, % grid |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['run']} | {r['method']} | {r['seed']} | {r['tau']:.2f} "
+              f"| {_ratio(r['s_in'], r['s']):.1f} | {_ratio(r['t_in'], r['t']):.1f} "
+              f"| {_ratio(r['t_bg'], r['t']):.1f} | {_ratio(r['s'], r['grid']):.1f} "
+              f"| {_ratio(r['t'], r['grid']):.1f} | {_ratio(r['covered'], r['gt']):.1f} "
+              f"| {_ratio(r['gt'], r['grid']):.1f} |")
+    print(f"{args.images} training images per run at long side {args.long_side}; pixel-weighted "
+          "over (image, present class) pairs, on the CAM grid.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    raise SystemExit(main())
