@@ -33,22 +33,19 @@ import numpy as np
 
 def domain_masks(model, image, label, tau: float, near: int = 0):
     """(source, target) bool (B, C, h, w) of a SEAM-family model on a normalised image batch,
-    as PLDA's training computes them (target excludes source); ``near`` > 0 keeps only target
-    pixels within that many grid cells (Chebyshev) of the class's source."""
+    as PLDA's training computes them (target excludes source); ``near``: the run's
+    ``method.plda.target_near`` rule, only target pixels within that many grid cells of the
+    class's source."""
     import torch
-    import torch.nn.functional as F
 
-    from plda.methods.domain import erase, mask_assign
+    from plda.methods.domain import erase, mask_assign, near_source
     from plda.methods.seam_plda import dropout_disabled
 
     with torch.no_grad(), dropout_disabled(model):
         view = model.run_view(image)
         source = mask_assign(view.cam_rv, label, tau)
         second = model.run_view(erase(image, source))
-        target = mask_assign(second.cam_rv, label, tau) & ~source
-        if near > 0:
-            grown = F.max_pool2d(source.float(), 2 * near + 1, stride=1, padding=near) > 0
-            target &= grown
+        target = near_source(mask_assign(second.cam_rv, label, tau), source, near) & ~source
     return source, target
 
 
@@ -73,7 +70,7 @@ def score_domains(source: np.ndarray, target: np.ndarray, gt: np.ndarray, classe
 
 
 def run_domains(run: Path, images: int, long_side: int, tau: float | None,
-                near: int = 0) -> dict:
+                near: int | None = None) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -86,6 +83,7 @@ def run_domains(run: Path, images: int, long_side: int, tau: float | None,
         raise SystemExit(f"{run}: method {cfg.method.name!r} has no revised CAM; expected a "
                          "seam or seam_plda run")
     tau = cfg.method.plda.tau if tau is None else tau
+    near = cfg.method.plda.target_near if near is None else near
     layout = load_layout(cfg)
     model = load_stage1_model(cfg, layout.num_classes, run / "stage1.safetensors")
     transform = EvalTransform(tuple(model.backbone.input_mean), tuple(model.backbone.input_std))
@@ -111,6 +109,7 @@ def run_domains(run: Path, images: int, long_side: int, tau: float | None,
             print(f"  {run.name}: {i + 1}/{len(ids)} images, {rate:.1f} img/s, "
                   f"ETA {(len(ids) - i - 1) / rate:.0f} s", file=sys.stderr, flush=True)
     return {"run": str(run), "method": cfg.method.name, "seed": cfg.train.seed, "tau": tau,
+            "near": near,
             "images": len(ids), **total}
 
 
@@ -124,8 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--long-side", type=int, default=288)
     p.add_argument("--tau", type=float, default=None, help="default: the run's method.plda.tau")
-    p.add_argument("--near", type=int, default=0,
-                   help="keep only target pixels within this many grid cells of the source")
+    p.add_argument("--near", type=int, default=None,
+                   help="keep only target pixels within this many grid cells of the source "
+                        "(default: the run's method.plda.target_near)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     import torch
@@ -134,11 +134,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = [run_domains(run, args.images, args.long_side, args.tau, args.near)
             for run in args.runs]
-    print(f"| run | method | seed | tau | S in c | T in c | T in bg | S, % grid | T, % grid "
+    print(f"| run | method | seed | tau | near | S in c | T in c | T in bg | S, % grid | T, % grid "
           f"| c covered | c, % grid |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['run']} | {r['method']} | {r['seed']} | {r['tau']:.2f} "
+        print(f"| {r['run']} | {r['method']} | {r['seed']} | {r['tau']:.2f} | {r['near']} "
               f"| {_ratio(r['s_in'], r['s']):.1f} | {_ratio(r['t_in'], r['t']):.1f} "
               f"| {_ratio(r['t_bg'], r['t']):.1f} | {_ratio(r['s'], r['grid']):.1f} "
               f"| {_ratio(r['t'], r['grid']):.1f} | {_ratio(r['covered'], r['gt']):.1f} "

@@ -46,6 +46,7 @@ def test_config_defaults_are_the_reference_values():
     assert cfg.seam.ecr_top_fraction == 0.2 and cfg.seam.rvmin_fraction == 0.25
     assert cfg.plda.tau == 0.6 and cfg.plda.domain_hidden == (1024, 512)
     assert cfg.plda.domain_dropout == 0.5 and cfg.plda.grl_gamma == 10.0
+    assert cfg.plda.target_near == 0  # every re-found pixel is target, as the reference
     assert cfg.pamr.iterations == 10 and cfg.pamr.dilations == (1, 2, 4, 8, 12, 24)
     assert (cfg.cps.cutoff_low, cfg.cps.cutoff_top, cfg.cps.cutoff_top_bg) == (0.2, 0.6, 0.7)
     assert cfg.cps.background_logit == 1.0
@@ -63,6 +64,9 @@ def test_config_loads_from_a_mapping_and_rejects_bad_values():
         from_dict(MethodConfig, {"plda": {"tau": 1.5}})
     with pytest.raises(ConfigError, match="name"):
         from_dict(MethodConfig, {"name": "irn"})
+    for bad in (-1, 1.5):
+        with pytest.raises(ConfigError, match="target_near"):
+            from_dict(MethodConfig, {"plda": {"target_near": bad}})
     with pytest.raises(ConfigError, match="weights.er"):
         MethodConfig(weights=type(MethodConfig().weights)(er=-1.0))
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from plda.errors import DataError
-from plda.methods import (LossWeights, MethodConfig, SEAMConfig, SEAMPLDAModel, build_method,
-                          convert_reference_state_dict)
+from plda.methods import (LossWeights, MethodConfig, PLDAConfig, SEAMConfig, SEAMPLDAModel,
+                          build_method, convert_reference_state_dict)
 from plda.methods.seam_plda import dropout_disabled
 
 NUM_CLASSES = 3
@@ -395,3 +395,30 @@ def test_plda_domains_near_keeps_targets_next_to_the_source():
     assert not (near & ~target).any()  # a subset of the unrestricted target
     for b, c, i, j in torch.nonzero(near).tolist():
         assert source[b, c, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].any()
+
+
+def test_near_source_keeps_targets_within_k_cells_of_the_same_class():
+    from plda.methods.domain import near_source
+
+    source = torch.zeros(1, 2, 7, 7, dtype=torch.bool)
+    source[0, 0, 3, 3] = True
+    target = torch.ones(1, 2, 7, 7, dtype=torch.bool)
+    assert torch.equal(near_source(target, source, 0), target)
+    one = near_source(target, source, 1)
+    assert one[0, 0].sum() == 9 and one[0, 0, 2:5, 2:5].all()
+    assert not one[0, 1].any()  # class 1 has no source: nothing of its target is near one
+    assert near_source(target, source, 2)[0, 0].sum() == 25
+
+
+def test_target_near_restricts_the_domain_target_in_training():
+    gen = torch.Generator().manual_seed(3)
+    image = torch.randn(2, 3, 96, 96, generator=gen)  # a 12 x 12 grid
+    image[:, :, 8:40, 56:88] += 2.0
+    data = {"image": image, "label": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])}
+    fractions = {}
+    for near in (0, 1):
+        model = make("seam_plda", plda=PLDAConfig(tau=0.9, target_near=near))
+        out = model(data, progress=0.5)
+        assert torch.isfinite(out["loss"])
+        fractions[near] = float(out["stat/target_fraction"])
+    assert 0 < fractions[1] < fractions[0]

@@ -77,9 +77,17 @@ class PLDAConfig:
     domain_hidden: tuple[int, int] = (1024, 512)
     domain_dropout: float = 0.5
     grl_gamma: float = 10.0
+    # 0 (the reference): every pixel found again after erasing is target. k > 0: only those
+    # within k cells (Chebyshev, on the CAM grid) of the class's source, the "non-discriminative
+    # part next to the discriminative one"; benchmarks/plda_domains.py measures what it changes.
+    target_near: int = 0
 
     def __post_init__(self) -> None:
         self.domain_hidden = tuple(self.domain_hidden)
+        if isinstance(self.target_near, bool) or not isinstance(self.target_near, int) \
+                or self.target_near < 0:
+            raise ConfigError(f"method.plda.target_near={self.target_near!r}: expected a "
+                              "non-negative integer (grid cells; 0 = no restriction)")
         _check_range("plda", "tau", self.tau, 0.0, 1.0, high_open=True)
         _check_range("plda", "domain_dropout", self.domain_dropout, 0.0, 1.0, high_open=True)
         if len(self.domain_hidden) != 2 or min(self.domain_hidden) < 1:

@@ -108,6 +108,16 @@ def erase(image: Tensor, source: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def near_source(target: Tensor, source: Tensor, cells: int) -> Tensor:
+    """``target`` (B, C, h, w) bool kept only within ``cells`` grid cells (Chebyshev) of the same
+    class's ``source``; ``cells`` 0 returns it unchanged."""
+    if cells <= 0:
+        return target
+    grown = F.max_pool2d(source.float(), 2 * cells + 1, stride=1, padding=cells) > 0
+    return target & grown
+
+
+@torch.no_grad()
 def domain_labels(source: Tensor, target: Tensor) -> Tensor:
     """Per class: 0 on source pixels, 1 on target pixels that are not source, IGNORE elsewhere."""
     ignore = torch.full(source.shape, IGNORE, dtype=torch.long, device=source.device)

@@ -14,7 +14,7 @@ from plda.errors import WeightsError
 from plda.methods.config import MethodConfig
 from plda.methods.cps import balanced_cross_entropy, cps_targets
 from plda.methods.domain import (DomainClassifier, domain_labels, domain_loss, erase,
-                                 grl_alpha, mask_assign, reverse_gradient)
+                                 grl_alpha, mask_assign, near_source, reverse_gradient)
 from plda.methods.pamr import PAMR
 from plda.methods.seam import SEAMModel, ViewOutput
 
@@ -63,7 +63,8 @@ class SEAMPLDAModel(SEAMModel):
             source = mask_assign(view.cam_rv, label, tau)
             erased = erase(image, source)
             second = self._erased_pass(erased)
-            target = mask_assign(second.cam_rv, label, tau)
+            target = near_source(mask_assign(second.cam_rv, label, tau), source,
+                                 self.plda_cfg.target_near)
             labels = domain_labels(source, target)
             # Both images' pseudo labels in one batched PAMR run.
             restricted, full = cps_targets(
