@@ -6,6 +6,7 @@ YAML. Section letters refer to ``docs/methods.md``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
@@ -118,14 +119,27 @@ class CPSConfig:
     A class k claims pixel u when P_k(u) > max(cutoff_low, cutoff_top * max_u P_k)
     (``cutoff_top_bg`` for the background); ``background_logit`` replaces the CAM's background
     logit before the softmax.
+
+    ``loss_background``: the background logit that the CPS cross-entropy sees. ``real``: the
+    classifier's own. ``constant``: ``background_logit`` in value, with the gradient still passed
+    to the real logit (A0 - sg(A0) + 1), as the published code computes it (there the in-place
+    write of 1 into a ``.detach()`` alias of the CAM reaches the tensor the loss reads). null
+    follows ``method.reference``: ``constant`` when it is true, otherwise the default.
     """
 
     cutoff_low: float = 0.2
     cutoff_top: float = 0.6
     cutoff_top_bg: float = 0.7
     background_logit: float = 1.0
+    loss_background: Optional[Literal["real", "constant"]] = None
 
     def __post_init__(self) -> None:
+        if self.loss_background not in (None, "real", "constant"):
+            raise ConfigError(f"method.cps.loss_background={self.loss_background!r}: expected "
+                              "null, 'real' or 'constant'")
+        if not math.isfinite(self.background_logit):
+            raise ConfigError(f"method.cps.background_logit={self.background_logit!r}: expected "
+                              "a finite number")
         for name in ("cutoff_low", "cutoff_top", "cutoff_top_bg"):
             _check_range("cps", name, getattr(self, name), 0.0, 1.0)
 

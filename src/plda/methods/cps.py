@@ -52,6 +52,13 @@ def cps_targets(raw: Tensor, image: Tensor, label: Tensor, regions: Tensor, pamr
     return restrict_to_regions(full, regions), full
 
 
+def constant_background(raw: Tensor, value: float) -> Tensor:
+    """``raw`` (B, C+1, h, w) whose channel 0 reads ``value`` everywhere while its gradient still
+    reaches the real background logit: A0 - sg(A0) + value (the published code's CPS input)."""
+    background = raw[:, :1]
+    return torch.cat([background - background.detach() + value, raw[:, 1:]], 1)
+
+
 def balanced_cross_entropy(logits: Tensor, target: Tensor, counts_from: Tensor | None = None
                            ) -> Tensor:
     """Class-balanced CE of ``logits`` (B, K, h, w) against one-hot ``target`` (B, K, H, W):

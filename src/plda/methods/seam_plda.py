@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from plda.errors import WeightsError
 from plda.methods.config import MethodConfig
-from plda.methods.cps import balanced_cross_entropy, cps_targets
+from plda.methods.cps import balanced_cross_entropy, constant_background, cps_targets
 from plda.methods.domain import (DomainClassifier, domain_labels, domain_loss, erase,
                                  grl_alpha, mask_assign, near_source, reverse_gradient)
 from plda.methods.pamr import PAMR
@@ -33,6 +33,17 @@ def dropout_disabled(module: nn.Module) -> Iterator[None]:
             m.train(True)
 
 
+# What ``method.cps.loss_background: null`` means outside reference mode.
+DEFAULT_CPS_LOSS_BACKGROUND = "real"
+
+
+def cps_loss_background(cfg: MethodConfig) -> str:
+    """``real`` or ``constant``: the background logit CPS's cross-entropy sees (config doc)."""
+    if cfg.cps.loss_background is not None:
+        return cfg.cps.loss_background
+    return "constant" if cfg.reference else DEFAULT_CPS_LOSS_BACKGROUND
+
+
 class SEAMPLDAModel(SEAMModel):
     """SEAM plus the multi-head domain classifier and CPS; four backbone passes per step."""
 
@@ -44,6 +55,7 @@ class SEAMPLDAModel(SEAMModel):
         self.domain = DomainClassifier(backbone.channels[backbone.final_level], num_classes,
                                        cfg.plda.domain_hidden, cfg.plda.domain_dropout)
         self.pamr = PAMR(cfg.pamr.iterations, cfg.pamr.dilations)
+        self.cps_constant_background = cps_loss_background(cfg) == "constant"
         self.register_buffer("_pixel_mean", torch.tensor(backbone.input_mean).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("_pixel_std", torch.tensor(backbone.input_std).view(1, 3, 1, 1),
@@ -75,12 +87,14 @@ class SEAMPLDAModel(SEAMModel):
         y_source, y_target = restricted.chunk(2)
         full_source, full_target = full.chunk(2)
         logits = self.domain(reverse_gradient(view.features, alpha))
+        cps_logits = (constant_background(view.raw, self.cps_cfg.background_logit)
+                      if self.cps_constant_background else view.raw)
         terms = {
             "domain": domain_loss(logits, labels, average_classes=not self.reference),
             "cps_source": balanced_cross_entropy(
-                view.raw, y_source, None if self.reference else full_source),
+                cps_logits, y_source, None if self.reference else full_source),
             "cps_target": balanced_cross_entropy(
-                view.raw, y_target, None if self.reference else full_target),
+                cps_logits, y_target, None if self.reference else full_target),
         }
         stats = {"source_fraction": source.any(1).float().mean(),
                  "target_fraction": (labels == 1).any(1).float().mean()}
