@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plda.errors import DataError
+from plda.errors import DataError, WeightsError
 from plda.methods import (LossWeights, MethodConfig, PLDAConfig, SEAMConfig, SEAMPLDAModel,
-                          build_method, convert_reference_state_dict)
+                          build_method, convert_reference_state_dict,
+                          to_reference_state_dict)
 from plda.methods.seam_plda import dropout_disabled
 
 NUM_CLASSES = 3
@@ -231,31 +232,72 @@ def test_wrong_label_shape_is_a_data_error():
         model(data)
 
 
-def test_reference_checkpoint_names_map_onto_the_model():
-    model = make("seam_plda")
-    gen = torch.Generator().manual_seed(5)
+def _published_pamr_buffers() -> dict[str, torch.Tensor]:
+    """PAMR's three ``kernel`` buffers as the published ``Net.state_dict()`` saves them, written
+    out cell by cell (LocalAffinityAbs: centre +1, neighbour -1; LocalAffinityCopy: neighbour +1;
+    LocalStDev: each cell of the window)."""
+    neighbours = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
+    diff, copy, window = torch.zeros(8, 1, 3, 3), torch.zeros(8, 1, 3, 3), torch.zeros(9, 1, 3, 3)
+    for row, (y, x) in enumerate(neighbours):
+        diff[row, 0, 1, 1], diff[row, 0, y, x] = 1, -1
+        copy[row, 0, y, x] = 1
+    for row in range(9):
+        window[row, 0, row // 3, row % 3] = 1
+    return {"PAMR.aff_x.kernel": diff, "PAMR.aff_m.kernel": copy, "PAMR.aff_std.kernel": window}
+
+
+def _published_state(model: nn.Module, prefix: str, seed: int = 5) -> dict[str, torch.Tensor]:
+    """The full key set of the published ``resnet38_plda.Net.state_dict()`` (parameters and
+    buffers: BN statistics, PAMR's kernels) for ``model``'s shapes, random values."""
+    gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(shape, generator=gen)  # noqa: E731
-    state = {f"module.{k}": rand(*v.shape).to(v.dtype)
-             for k, v in model.backbone.state_dict().items()}
+    state = {k: rand(*v.shape).to(v.dtype) for k, v in model.backbone.state_dict().items()}
     state.update({
-        "module.fc8.weight": rand(4, 16, 1, 1),
-        "module.f8_3.weight": rand(64, 8, 1, 1),
-        "module.f8_4.weight": rand(128, 12, 1, 1),
-        "module.f9.weight": rand(192, 195, 1, 1),
-        "module.discriminator.d_conv1.weight": rand(1024, 16, 1, 1),
-        "module.discriminator.d_conv1.bias": rand(1024),
-        "module.discriminator.d_conv2.weight": rand(512, 1024, 1, 1),
-        "module.discriminator.d_conv2.bias": rand(512),
+        "fc8.weight": rand(4, 16, 1, 1),
+        "f8_3.weight": rand(64, 8, 1, 1),
+        "f8_4.weight": rand(128, 12, 1, 1),
+        "f9.weight": rand(192, 195, 1, 1),
+        "discriminator.d_conv1.weight": rand(1024, 16, 1, 1),
+        "discriminator.d_conv1.bias": rand(1024),
+        "discriminator.d_conv2.weight": rand(512, 1024, 1, 1),
+        "discriminator.d_conv2.bias": rand(512),
     })
-    heads = [(rand(2, 512, 1, 1), rand(2)) for _ in range(NUM_CLASSES)]
-    for c, (w, b) in enumerate(heads):
-        state[f"module.head_list.{c}.weight"], state[f"module.head_list.{c}.bias"] = w, b
+    for c in range(NUM_CLASSES):
+        state[f"head_list.{c}.weight"], state[f"head_list.{c}.bias"] = rand(2, 512, 1, 1), rand(2)
+    state.update(_published_pamr_buffers())
+    return {prefix + k: v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_reference_checkpoint_names_map_onto_the_model(prefix):
+    model = make("seam_plda")
+    state = _published_state(model, prefix)
     model.load_state_dict(convert_reference_state_dict(state), strict=True)
-    assert torch.equal(model.classifier.conv.weight, state["module.fc8.weight"])
-    assert torch.equal(model.pcm.embed.weight, state["module.f9.weight"])
-    for (w, b), sw, sb in zip(heads, *model.domain.to_separate_heads()):
-        assert torch.equal(w, sw) and torch.equal(b, sb)
+    assert torch.equal(model.classifier.conv.weight, state[f"{prefix}fc8.weight"])
+    assert torch.equal(model.pcm.embed.weight, state[f"{prefix}f9.weight"])
+    for c, (sw, sb) in enumerate(zip(*model.domain.to_separate_heads())):
+        assert torch.equal(state[f"{prefix}head_list.{c}.weight"], sw)
+        assert torch.equal(state[f"{prefix}head_list.{c}.bias"], sb)
     assert isinstance(model, SEAMPLDAModel)
+
+
+def test_reference_export_is_the_inverse_of_the_import():
+    model = make("seam_plda", seed=3)
+    exported = to_reference_state_dict(model.state_dict())
+    assert set(exported) == set(_published_state(model, ""))
+    for key, value in _published_pamr_buffers().items():
+        assert torch.equal(exported[key], value)
+    back = convert_reference_state_dict(exported)
+    assert set(back) == set(model.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("key", ["PAMR.aff_x.kernel", "PAMR.aff_std.kernel"])
+def test_a_reference_pamr_buffer_that_is_not_the_fixed_kernel_is_refused(key):
+    state = _published_state(make("seam_plda"), "module.")
+    state[f"module.{key}"] = state[f"module.{key}"].flip(0)
+    with pytest.raises(WeightsError, match=key.replace(".", r"\.")):
+        convert_reference_state_dict(state)
 
 
 @pytest.mark.parametrize("reference", [False, True])

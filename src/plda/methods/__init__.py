@@ -17,6 +17,7 @@ _LAZY = {
     "CAMModel": "plda.methods.cam", "SEAMModel": "plda.methods.seam",
     "SEAMPLDAModel": "plda.methods.seam_plda",
     "convert_reference_state_dict": "plda.methods.seam_plda",
+    "to_reference_state_dict": "plda.methods.seam_plda",
 }
 
 
@@ -44,5 +45,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CAMModel", "CPSConfig", "CamOutput", "LossWeights", "METHODS", "MethodConfig",
     "PAMRConfig", "PLDAConfig", "SEAMConfig", "SEAMModel", "SEAMPLDAModel", "StageOneModel",
-    "build_method", "convert_reference_state_dict",
+    "build_method", "convert_reference_state_dict", "to_reference_state_dict",
 ]
