@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", type=Path, required=True,
                    help="a checkout of the published PLDA code (usr922/plda)")
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "reference_step.json")
+    p.add_argument("--reference-commit", help="the checkout's commit, when it is not a git "
+                   "work tree (an exported archive)")
     p.add_argument("--compare", action="store_true", help="also compute our step and compare")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "how": "scripts/reference_step.py: the pinned weights and batch of tests/_reference_step.py "
                "run through the published code's Net and training-loop body (float64, CPU, "
                ".cuda() as identity, dropout p=0), then loss.backward()",
-        "published_code": {"repository": "usr922/plda", "commit": _git_head(args.reference)},
+        "published_code": {"repository": "usr922/plda", "commit": args.reference_commit or _git_head(args.reference)},
         "this_package_commit": _git_head(ROOT),
         "date": dt.date.today().isoformat(),
         "torch": torch.__version__, "machine": platform.machine(),
