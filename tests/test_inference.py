@@ -382,3 +382,61 @@ def test_crf_seeds_follow_seam_alphas(tmp_path):
             fg[crf] += int((seed > 0).sum())
     # A larger alpha lowers the background score: "ha" has more foreground than "la".
     assert fg["ha"] > fg["la"]
+
+
+# ---- cam.resize: the reference's per-scale inputs ------------------------------------------------
+
+class RecordingCamModel(FakeCamModel):
+    """FakeCamModel that keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[Tensor] = []
+
+    def cams(self, image: Tensor, **kwargs) -> FakeCamOutput:
+        self.inputs.append(image.clone())
+        return super().cams(image, **kwargs)
+
+
+def test_reference_resize_feeds_pil_bicubic_of_the_uint8_image(tmp_path):
+    layout = make_layout(tmp_path / "data", [(25, 35)], [[1, 3]])
+    model = RecordingCamModel()
+    scales = (0.5, 1.0, 1.5)
+    infer_cams(model, layout, "train", tmp_path / "cams", scales=scales, flip=True,
+               resize="reference")
+    image = layout.load_image(layout.ids("train")[0])
+    transform = EvalTransform()
+    assert len(model.inputs) == len(scales)  # one batch (image + flip) per scale
+    for scale, seen in zip(scales, model.inputs):
+        h, w = scaled_size(25, 35, scale)
+        expected = transform(image if scale == 1.0 else image.resize((w, h), Image.BICUBIC))
+        assert torch.equal(seen[0], expected) and torch.equal(seen[1], expected.flip(-1))
+    # The file is the multi-scale CAM of exactly those inputs.
+    inputs = {tuple(x.shape[-2:]): x[:1] for x in model.inputs}
+    again = multiscale_cam(model, transform(image), scales, True, torch.tensor([1.0, 0.0, 1.0]),
+                           scaled=lambda size: inputs[tuple(size)])
+    np.testing.assert_allclose(load_cams(tmp_path / "cams" / "img_000.npz").cams,
+                               again[[0, 2]].numpy(), atol=1e-3)
+
+
+def test_reference_and_tensor_resize_agree_at_scale_one_only(tmp_path):
+    layout = make_layout(tmp_path / "data", [(40, 52)], [[2]])
+    cams = {}
+    for resize in ("tensor", "reference"):
+        for scales in ((1.0,), (0.5,)):
+            out = tmp_path / f"{resize}{scales[0]}"
+            infer_cams(FakeCamModel(), layout, "train", out, scales=scales, flip=False,
+                       resize=resize)
+            cams[resize, scales[0]] = load_cams(out / "img_000.npz").cams
+    np.testing.assert_array_equal(cams["tensor", 1.0], cams["reference", 1.0])
+    assert np.abs(cams["tensor", 0.5].astype(np.float32)
+                  - cams["reference", 0.5].astype(np.float32)).max() > 1e-2
+
+
+def test_unknown_resize_mode_is_refused(tmp_path):
+    layout = make_layout(tmp_path / "data", SIZES[:1], LABELS[:1])
+    with pytest.raises(ConfigError, match="resize='bicubic'"):
+        infer_cams(FakeCamModel(), layout, "train", tmp_path / "cams", resize="bicubic")
+    with pytest.raises(ConfigError, match="cam.resize"):
+        from plda.config import load_run_config
+        load_run_config(None, ["cam.resize=bicubic"])

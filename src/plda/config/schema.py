@@ -75,6 +75,10 @@ class CamConfig:
     # classifier's own CAM, PCM skipped) — to tell what PCM adds on a given dataset. Plain CAM
     # has only its classifier map: both give it.
     map: Literal["revised", "raw"] = "revised"
+    # How each scale's input is made: "tensor" resizes the normalised image tensor (bilinear,
+    # antialiased; any tensor input, on any device); "reference" resizes the uint8 image with
+    # PIL bicubic and normalises it after, as SEAM's infer_SEAM.py (the paper presets).
+    resize: Literal["tensor", "reference"] = "tensor"
     # Background threshold for seeds; null = choose it by the sweep on ``sweep_split``.
     bg_threshold: Optional[float] = None
     sweep: tuple[float, float, float] = (0.20, 0.60, 0.01)

@@ -3,9 +3,11 @@
 Follows SEAM's ``infer_SEAM.py`` (the PLDA reference ships no inference script):
 
 * each scale ``s`` resizes the image to ``(round(H·s), round(W·s))`` with Python's ``round``
-  (half to even), as ``VOC12ClsDatasetMSF`` does; the reference resizes the uint8 image with PIL
-  bicubic before normalising, here the normalised tensor is resized bilinearly with antialiasing
-  (PIL-like smoothing when shrinking; identical to plain bilinear when enlarging);
+  (half to even), as ``VOC12ClsDatasetMSF`` does. ``resize="reference"`` makes each scale's input
+  as the reference does: the uint8 image resized with PIL bicubic, then normalised.
+  ``resize="tensor"`` (the default) resizes the normalised tensor bilinearly with antialiasing
+  (PIL-like smoothing when shrinking; identical to plain bilinear when enlarging), which works
+  on any tensor input on any device; docs/methods.md gives the measured difference;
 * the image and its horizontal flip go through the model as one batch of two per scale;
 * each CAM is upsampled bilinearly in two steps, as there: to the network input size with
   ``align_corners=True`` (inside SEAM's ``Net.forward``), then to ``(H, W)`` with
@@ -25,7 +27,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +43,9 @@ from plda.utils.progress import progress_bar
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 AMP_MODES = ("none", "bf16", "fp16")
 LABEL_SOURCES = ("gt", "predicted")
+RESIZE_MODES = ("tensor", "reference")
+# Makes one scale's normalised input (1, 3, h, w) for a size (h, w).
+Scaler = Callable[[tuple[int, int]], Tensor]
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -53,6 +58,23 @@ def resize_image(images: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def reference_scaler(image: Any, transform: Callable[[Any], Tensor],
+                     device: torch.device | str = "cpu") -> Scaler:
+    """The reference's per-scale input (SEAM's ``VOC12ClsDatasetMSF``): the uint8 PIL
+    ``image`` resized with PIL bicubic to (h, w) (unchanged at its own size), then
+    ``transform`` (normalisation) -> ``(1, 3, h, w)`` on ``device``."""
+    from PIL import Image
+
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+
+    def scaled(size: tuple[int, int]) -> Tensor:
+        h, w = size
+        img = rgb if (w, h) == rgb.size else rgb.resize((w, h), resample=Image.BICUBIC)
+        return transform(img)[None].to(device)
+
+    return scaled
 
 
 def normalize_cams(cams: Tensor) -> Tensor:
@@ -99,15 +121,18 @@ def class_scores(output: Any) -> Tensor:
 
 def _summed_cams(model: nn.Module, images: Tensor, scales: Sequence[float], flip: bool, amp: str,
                  flip_batch: bool, model_kwargs: dict, classes: Tensor | None = None,
-                 score_scale: float | None = None) -> tuple[Tensor, Tensor | None]:
+                 score_scale: float | None = None, scaled: Scaler | None = None
+                 ) -> tuple[Tensor, Tensor | None]:
     """Sum over scales and flips of the CAMs at image size, and the class scores of the
     unflipped pass at ``score_scale`` (``None``: no scores). ``classes`` (indices) restricts the
-    sum to those CAM channels, in that order: upsampling only them saves time and memory."""
+    sum to those CAM channels, in that order: upsampling only them saves time and memory.
+    ``scaled`` makes each scale's input (one image); ``None`` resizes ``images``."""
     n, _, height, width = images.shape
     total: Tensor | None = None
     scores: Tensor | None = None
     for scale in scales:
-        x = resize_image(images, scaled_size(height, width, scale))
+        size = scaled_size(height, width, scale)
+        x = resize_image(images, size) if scaled is None else scaled(size)
         if not flip:
             views = [x]
         elif flip_batch:
@@ -135,7 +160,8 @@ def _summed_cams(model: nn.Module, images: Tensor, scales: Sequence[float], flip
 
 def multiscale_cam_batch(model: nn.Module, images: Tensor, scales: Sequence[float] = DEFAULT_SCALES,
                          flip: bool = True, labels: Tensor | None = None, *, amp: str = "none",
-                         flip_batch: bool = True, **model_kwargs) -> Tensor:
+                         flip_batch: bool = True, scaled: Scaler | None = None,
+                         **model_kwargs) -> Tensor:
     """Multi-scale (+ flip) normalised CAMs of same-size normalised images.
 
     Args:
@@ -145,13 +171,19 @@ def multiscale_cam_batch(model: nn.Module, images: Tensor, scales: Sequence[floa
         amp: ``"none"``, ``"bf16"`` or ``"fp16"`` autocast around the model.
         flip_batch: pass an image and its flip as one batch (faster); ``False`` runs them one
             after the other, which halves the peak memory of the largest scale.
+        scaled: makes each scale's input from the original image (:func:`reference_scaler`)
+            instead of resizing ``images``; one image only.
         model_kwargs: passed to ``model.cams`` (e.g. a chunk size for the PCM affinity).
     Returns:
         ``(B, C, H, W) float32`` CAMs in ``[0, 1)`` (see the module docstring).
     """
+    if scaled is not None and images.shape[0] != 1:
+        raise ConfigError(f"a per-scale input maker takes one image, got a batch of "
+                          f"{images.shape[0]}")
     if labels is None:
         with _eval_mode(model):
-            total, _ = _summed_cams(model, images, scales, flip, amp, flip_batch, model_kwargs)
+            total, _ = _summed_cams(model, images, scales, flip, amp, flip_batch, model_kwargs,
+                                    scaled=scaled)
         return normalize_cams(total)
     labels = labels.to(device=images.device, dtype=torch.float32)
     present = torch.nonzero(labels.amax(0) > 0).flatten()
@@ -160,19 +192,20 @@ def multiscale_cam_batch(model: nn.Module, images: Tensor, scales: Sequence[floa
     if len(present):
         with _eval_mode(model):
             total, _ = _summed_cams(model, images, scales, flip, amp, flip_batch, model_kwargs,
-                                    present)
+                                    present, scaled=scaled)
         out[:, present] = normalize_cams(total * labels[:, present, None, None])
     return out
 
 
 def multiscale_cam(model: nn.Module, image: Tensor, scales: Sequence[float] = DEFAULT_SCALES,
                    flip: bool = True, labels: Tensor | None = None, *, amp: str = "none",
-                   flip_batch: bool = True, **model_kwargs) -> Tensor:
+                   flip_batch: bool = True, scaled: Scaler | None = None,
+                   **model_kwargs) -> Tensor:
     """:func:`multiscale_cam_batch` for one image ``(3, H, W)`` and labels ``(C,)``:
     returns ``(C, H, W)``."""
     return multiscale_cam_batch(model, image[None], scales, flip,
                                 None if labels is None else labels[None], amp=amp,
-                                flip_batch=flip_batch, **model_kwargs)[0]
+                                flip_batch=flip_batch, scaled=scaled, **model_kwargs)[0]
 
 
 def _input_stats(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
@@ -209,6 +242,7 @@ def clean_temporaries(folder: Path, names: Sequence[str]) -> int:
 def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_dir: str | os.PathLike,
                *, scales: Sequence[float] = DEFAULT_SCALES, flip: bool = True,
                label_source: str = "gt", score_threshold: float = 0.5, amp: str = "none",
+               resize: str = "tensor",
                device: str | torch.device | None = None, skip_existing: bool = True,
                rank: int | None = None, world_size: int | None = None,
                **model_kwargs) -> dict[str, Any]:
@@ -218,6 +252,7 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     with their label values as keys (:func:`plda.data.camfile.save_cams`). Present classes are
     the image labels (``label_source="gt"``) or the predicted ones (``"predicted"``:
     ``sigmoid(class_scores) > score_threshold`` at scale 1.0, unflipped; see :func:`class_scores`).
+    ``resize``: ``"tensor"`` or ``"reference"`` (module doc).
     With ``skip_existing``, an image whose file exists and loads is skipped; an unreadable file
     is redone and this rank's stale temporaries are removed first, so a killed run resumes where
     it stopped.
@@ -239,6 +274,8 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     if label_source not in LABEL_SOURCES:
         raise ConfigError(f"label_source={label_source!r}: expected one of {', '.join(LABEL_SOURCES)}")
     _check_amp(amp)
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
     scales = tuple(float(s) for s in scales)
     if not scales or min(scales) <= 0:
         raise ConfigError(f"scales={list(scales)}: expected one or more positive numbers")
@@ -277,18 +314,19 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
                 continue
             image = layout.load_image(image_id)
             x = transform(image).to(device)
+            scaled = reference_scaler(image, transform, device) if resize == "reference" else None
             if label_source == "gt":
                 labels = torch.tensor(layout.labels(image_id))
                 present = torch.nonzero(labels).flatten()
-                cams = multiscale_cam(model, x, scales, flip, labels, amp=amp,
+                cams = multiscale_cam(model, x, scales, flip, labels, amp=amp, scaled=scaled,
                                       **model_kwargs)[present]
             else:
                 with _eval_mode(model):
                     total, scores = _summed_cams(model, x[None], scales, flip, amp, True,
-                                                 model_kwargs, score_scale=1.0)
+                                                 model_kwargs, score_scale=1.0, scaled=scaled)
                     if extra_scale:
                         _, scores = _summed_cams(model, x[None], (1.0,), False, amp, True,
-                                                 model_kwargs, score_scale=1.0)
+                                                 model_kwargs, score_scale=1.0, scaled=scaled)
                 present = torch.nonzero(torch.sigmoid(scores[0]) > score_threshold).flatten()
                 cams = normalize_cams(total[:, present])[0]
             save_cams(path, cams.cpu().numpy().astype(np.float16),

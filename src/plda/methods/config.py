@@ -196,3 +196,15 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.name not in METHOD_NAMES:
             raise ConfigError(f"method.name={self.name!r}: expected one of {list(METHOD_NAMES)}")
+
+
+# What ``method.cps.loss_background: null`` means outside reference mode.
+DEFAULT_CPS_LOSS_BACKGROUND = "real"
+
+
+def cps_loss_background(cfg: MethodConfig) -> str:
+    """``real`` or ``constant``: the background logit CPS's cross-entropy sees
+    (:class:`CPSConfig`); null follows ``reference``."""
+    if cfg.cps.loss_background is not None:
+        return cfg.cps.loss_background
+    return "constant" if cfg.reference else DEFAULT_CPS_LOSS_BACKGROUND

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from plda.errors import WeightsError
-from plda.methods.config import MethodConfig
+from plda.methods.config import MethodConfig, cps_loss_background
 from plda.methods.cps import balanced_cross_entropy, constant_background, cps_targets
 from plda.methods.domain import (DomainClassifier, domain_labels, domain_loss, erase,
                                  grl_alpha, mask_assign, near_source, reverse_gradient)
@@ -31,17 +31,6 @@ def dropout_disabled(module: nn.Module) -> Iterator[None]:
     finally:
         for m in active:
             m.train(True)
-
-
-# What ``method.cps.loss_background: null`` means outside reference mode.
-DEFAULT_CPS_LOSS_BACKGROUND = "real"
-
-
-def cps_loss_background(cfg: MethodConfig) -> str:
-    """``real`` or ``constant``: the background logit CPS's cross-entropy sees (config doc)."""
-    if cfg.cps.loss_background is not None:
-        return cfg.cps.loss_background
-    return "constant" if cfg.reference else DEFAULT_CPS_LOSS_BACKGROUND
 
 
 class SEAMPLDAModel(SEAMModel):

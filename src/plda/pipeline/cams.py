@@ -33,6 +33,7 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
             "score_threshold": cfg.cam.score_threshold,
             # only when not the default, so folders made before the switch stay current
             **({"map": cfg.cam.map} if cfg.cam.map != "revised" else {}),
+            **({"resize": cfg.cam.resize} if cfg.cam.resize != "tensor" else {}),
             "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
             "synth": asdict(cfg.data.synth) if cfg.data.root == "synth" else None}
 
@@ -66,7 +67,8 @@ def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:
                          scales=cfg.cam.scales, flip=cfg.cam.flip,
                          label_source=cfg.cam.label_source,
                          score_threshold=cfg.cam.score_threshold, amp=cfg.cam.amp,
-                         device=dist.device, rank=dist.rank, world_size=dist.world_size,
+                         resize=cfg.cam.resize, device=dist.device, rank=dist.rank,
+                         world_size=dist.world_size,
                          revised=cfg.cam.map == "revised")
         barrier()
         res["wall_time_s"] = time.perf_counter() - t0

@@ -58,6 +58,20 @@ def _refine_settings(cfg: RunConfig) -> dict:
     return settings
 
 
+def _method_settings(method) -> dict:
+    """The method's settings with CPS's loss background resolved (``null`` means different
+    things in and out of reference mode) and recorded only when it is not ``real``, the one
+    behaviour runs had before the switch existed, so their fingerprints stay the same."""
+    from plda.methods.config import cps_loss_background
+
+    values = asdict(method)
+    values["cps"].pop("loss_background", None)
+    resolved = cps_loss_background(method)
+    if resolved != "real":
+        values["cps"]["loss_background"] = resolved
+    return values
+
+
 def stage_settings(cfg: RunConfig, stage: str) -> dict:
     """The config values the outputs of ``stage`` depend on (besides earlier stages)."""
     d = cfg.data
@@ -66,7 +80,7 @@ def stage_settings(cfg: RunConfig, stage: str) -> dict:
     if stage == "train":
         return {"split": d.train_split, "resize_long": list(d.resize_long), "crop": d.crop,
                 "flip": d.flip, "color_jitter": list(d.color_jitter),
-                "model": asdict(cfg.model), "method": asdict(cfg.method),
+                "model": asdict(cfg.model), "method": _method_settings(cfg.method),
                 "train": _train_settings(cfg.train)}
     if stage == "cam":
         c = cfg.cam
@@ -74,7 +88,8 @@ def stage_settings(cfg: RunConfig, stage: str) -> dict:
                 "amp": c.amp, "label_source": c.label_source,
                 "score_threshold": c.score_threshold,
                 # only when not the default: runs made before the switch keep their fingerprint
-                **({"map": c.map} if c.map != "revised" else {})}
+                **({"map": c.map} if c.map != "revised" else {}),
+                **({"resize": c.resize} if c.resize != "tensor" else {})}
     if stage == "seeds":
         c = cfg.cam
         return {"bg_threshold": c.bg_threshold, "sweep": list(c.sweep),
