@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from plda.config import load_run_config
+    from plda.config import load_run_folder_config
     from plda.data.camfile import load_cams
     from plda.data.transforms import EvalTransform
     from plda.evaluation.evaluate import seeds_from_cams
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_run_config(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])
+    cfg = load_run_folder_config(args.run)
     layout = load_layout(cfg, generate=False)
     if layout.mask_dir is None:
         raise SystemExit(f"{layout.root}: no ground-truth masks to score the walk against")

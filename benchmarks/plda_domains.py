@@ -74,11 +74,11 @@ def run_domains(run: Path, images: int, long_side: int, tau: float | None,
     import torch
     import torch.nn.functional as F
 
-    from plda.config import load_run_config
+    from plda.config import load_run_folder_config
     from plda.data.transforms import EvalTransform
     from plda.pipeline.common import load_layout, load_stage1_model
 
-    cfg = load_run_config(run / "config.yaml")
+    cfg = load_run_folder_config(run)
     if cfg.method.name not in ("seam", "seam_plda"):
         raise SystemExit(f"{run}: method {cfg.method.name!r} has no revised CAM; expected a "
                          "seam or seam_plda run")

@@ -53,9 +53,9 @@ def run_folders(paths: list[Path]) -> list[Path]:
 
 def run_row(run: Path) -> dict:
     """Method, seed, stride, threshold and seed scores of one finished run folder."""
-    from plda.config import load_run_config
+    from plda.config import load_run_folder_config
 
-    cfg = load_run_config(run / "config.yaml")
+    cfg = load_run_folder_config(run)
     metrics = json.loads((run / "metrics.json").read_text())
     seeds = metrics.get("seeds")
     if not seeds or "train" not in seeds or "val" not in seeds:

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 def run_cam(args: argparse.Namespace) -> int:
     from plda.pipeline.cams import make_cams
 
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, write=True)
     for split, res in make_cams(cfg, args.split, weights=args.weights).items():
         print(f"{split}: {res.get('written', 0)} written, {res.get('skipped', 0)} skipped, "
               f"{res['wall_time_s']:.1f} s")
@@ -45,7 +45,7 @@ def run_cam(args: argparse.Namespace) -> int:
 def run_seeds(args: argparse.Namespace) -> int:
     from plda.pipeline.cams import make_seeds
 
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, write=True)
     res = make_seeds(cfg, args.split, workers=args.workers)
     print(f"background threshold: {res['bg_threshold']:.2f}")
     for split in args.split or cfg.data.eval_splits:

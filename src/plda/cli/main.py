@@ -8,6 +8,7 @@ dependencies (torch, pydensecrf, ...) inside ``run`` so that ``plda --help`` sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as stack:  # locks a command takes are released here
+            args.exit_stack = stack
+            return int(args.func(args) or 0)
     except PldaError as exc:
         print(f"plda {args.command}: error: {exc}", file=sys.stderr)
         return 2

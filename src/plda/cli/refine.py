@@ -30,7 +30,7 @@ def run_refine(args: argparse.Namespace) -> int:
     from plda.pipeline.refine import refine
 
     args.overrides = [*args.overrides, f"refine.method={args.method}"]
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, write=True)
     summary = refine(cfg, workers=args.workers)
     for split, res in summary["pseudo"].items():
         if not isinstance(res, dict):

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from plda.pipeline.run import stage_range, format_metrics, plan, run_pipeline
 
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, write=not args.dry_run)
     if args.dry_run:
         for stage, action in plan(cfg, stage_range(args.start, args.until)).items():
             print(f"{stage:10s} {action}")

@@ -34,7 +34,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     from plda.pipeline.segment import train_segmentation
 
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, write=True)
     summary = train_segmentation(cfg, resume=args.resume)
     if summary["interrupted"]:
         print(f"interrupted at step {summary['steps']}/{summary['total_steps']}; "
@@ -50,7 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from plda.pipeline.segment_eval import evaluate_segmentation
 
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, write=True)
     for split, res in evaluate_segmentation(cfg).items():
         if not isinstance(res, dict):
             continue

@@ -22,7 +22,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from plda.pipeline.stage1 import train_stage1
 
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, write=True)
     summary = train_stage1(cfg, resume=args.resume)
     if summary["interrupted"]:
         print(f"interrupted at step {summary['steps']}/{summary['total_steps']}; "

@@ -25,16 +25,17 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
     files share ids such as ``2007_000032`` but not the images."""
     from dataclasses import asdict
 
-    from plda.pipeline.common import STAGE1_WEIGHTS, file_sha256
+    from plda.pipeline.common import STAGE1_WEIGHTS, file_sha256, stored_path
 
     path = Path(weights) if weights else run_dir(cfg) / STAGE1_WEIGHTS
-    return {"weights": str(path), "sha256": file_sha256(path), "scales": list(cfg.cam.scales),
+    return {"weights": stored_path(cfg, path), "sha256": file_sha256(path),
+            "scales": list(cfg.cam.scales),
             "flip": cfg.cam.flip, "label_source": cfg.cam.label_source,
             "score_threshold": cfg.cam.score_threshold,
             # only when not the default, so folders made before the switch stay current
             **({"map": cfg.cam.map} if cfg.cam.map != "revised" else {}),
             **({"resize": cfg.cam.resize} if cfg.cam.resize != "tensor" else {}),
-            "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
+            "data_root": stored_path(cfg, data_root) if data_root is not None else None,
             "synth": asdict(cfg.data.synth) if cfg.data.root == "synth" else None}
 
 

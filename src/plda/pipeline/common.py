@@ -19,11 +19,27 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 def write_run_config(cfg: RunConfig) -> Path:
-    """Write the resolved config to ``<run_dir>/config.yaml`` (rank 0)."""
+    """Write the resolved config to ``<run_dir>/config.yaml`` (rank 0), with ``run_dir: .``:
+    paths stored in a run folder are relative to it, so a copy is a run of its own and a moved
+    run stays current (``plda.config.load_run_folder_config`` reads it back)."""
+    from dataclasses import replace
+
+    from plda.config import HERE
+
     path = run_dir(cfg) / "config.yaml"
     if is_main_process():
-        save_config(cfg, path)
+        save_config(replace(cfg, run_dir=HERE), path)
     return path
+
+
+def stored_path(cfg: RunConfig, path: str | Path) -> str:
+    """``path`` as recorded inside the run folder: relative to it when it lies inside (so the
+    record survives a copy or a move of the folder), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(run_dir(cfg).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def dataset_root(cfg: RunConfig, generate: bool = True) -> Path:
@@ -135,7 +151,7 @@ def train_on_masks(cfg: RunConfig, model, net, opts, mask_dir: Path, out: Path,
     dataset = SegmentationDataset(load_layout(cfg, generate=False), split, transform,
                                   mask_dir=mask_dir, seed=opts.train.seed)
     result = Trainer(model, dataset, opts.train, out, dist=dist,
-                     config_dict=to_dict(cfg)).fit(resume=resume)
+                     config_dict={**to_dict(cfg), "run_dir": "."}).fit(resume=resume)
     if not result.interrupted and is_main_process():
         if save is not None:
             save(weights, net)
@@ -203,5 +219,5 @@ def drop_stale_outputs(folder: Path, source: dict, pattern: str,
 
 
 __all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "dataset_root", "drop_stale_outputs",
-           "file_sha256", "load_layout", "load_stage1_model", "run_dir", "to_dict",
+           "file_sha256", "load_layout", "load_stage1_model", "run_dir", "stored_path", "to_dict",
            "train_on_masks", "update_metrics", "write_run_config"]

@@ -321,7 +321,15 @@ def run_pipeline(cfg: RunConfig, *, start: str | None = None, until: str | None 
     outputs are current; return ``metrics.json``. Under torchrun every rank calls it.
 
     The report stage is re-written whenever any earlier stage ran in this call (it is cheap and
-    shows them all)."""
+    shows them all). Holds the run folder's lock (:mod:`plda.utils.runlock`) throughout."""
+    from plda.utils.runlock import run_lock
+
+    with run_lock(run_dir(cfg)):
+        return _run_pipeline(cfg, start=start, until=until, log=log)
+
+
+def _run_pipeline(cfg: RunConfig, *, start: str | None, until: str | None,
+                  log: Callable[[str], None] | None) -> dict:
     from plda.engine.distributed import barrier, broadcast_object, init_distributed
     from plda.pipeline.common import write_run_config
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError, DataError
-from plda.pipeline.common import (load_layout, run_dir, train_on_masks, update_metrics,
-                                  write_run_config)
+from plda.pipeline.common import (load_layout, run_dir, stored_path, train_on_masks,
+                                  update_metrics, write_run_config)
 from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS
 from plda.utils.dist import is_main_process
 
@@ -90,7 +90,7 @@ def train_segmentation(cfg: RunConfig, *, resume: bool = False, dist=None) -> di
                              seg_dir(cfg), seg_weights_path(cfg), split=cfg.seg.train_split,
                              resume=resume, dist=dist, save=save)
     summary.update({"arch": net.arch, "backbone": net.backbone_name,
-                    "weights": str(seg_weights_path(cfg))})
+                    "weights": stored_path(cfg, seg_weights_path(cfg))})
     if not summary["interrupted"] and is_main_process():
         update_metrics(cfg, "seg_train", summary)
     return summary

@@ -50,7 +50,9 @@ def seg_weights_path(cfg: RunConfig, weights=None) -> Path:
 
 def _source(cfg: RunConfig, weights: Path) -> dict:
     """What a split's label maps depend on; maps made from anything else are stale."""
-    return {"weights": str(weights), "sha256": file_sha256(weights),
+    from plda.pipeline.common import stored_path
+
+    return {"weights": stored_path(cfg, weights), "sha256": file_sha256(weights),
             "scales": list(cfg.seg.scales), "flip": cfg.seg.eval_flip, "crf": cfg.seg.crf,
             "amp": cfg.seg.amp}
 
@@ -137,7 +139,7 @@ def evaluate_segmentation(cfg: RunConfig, splits=None, *, weights=None, dist=Non
             from plda.evaluation.evaluate import evaluate_labels
 
             ev = evaluate_labels(folder, layout.mask_dir, all_ids, layout.class_names)
-            ev["weights"], ev["settings"] = str(path), {k: source[k] for k in
+            ev["weights"], ev["settings"] = source["weights"], {k: source[k] for k in
                                                        ("scales", "flip", "crf", "amp")}
             atomic_write_json(out_root / f"eval_{split}.json", ev)
             entry.update({"miou": ev["miou"], "iou": ev["iou"]})

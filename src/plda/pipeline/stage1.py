@@ -83,7 +83,7 @@ def train_stage1(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
         callbacks.append(CamOverlayCallback(out / "vis", layout.class_names,
                                             backbone.input_mean, backbone.input_std))
     trainer = Trainer(model, dataset, cfg.train, out, dist=dist, callbacks=callbacks,
-                      config_dict=to_dict(cfg))
+                      config_dict={**to_dict(cfg), "run_dir": "."})
     result = trainer.fit(resume=resume)
     summary = {"steps": result.step, "total_steps": result.total_steps,
                "interrupted": result.interrupted, "wall_time_s": result.wall_time_s,
