@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--classes", metavar="FILE",
                    help="foreground class names, one per line (default: the 20 VOC classes)")
     threshold = p.add_mutually_exclusive_group()
-    threshold.add_argument("--bg-threshold", type=float, metavar="T",
+    threshold.add_argument("--bg-threshold", type=_threshold, metavar="T",
                            help="with --cams: background threshold (SEAM's default is 0.26)")
     threshold.add_argument("--sweep", metavar="START:STOP:STEP",
                            help="with --cams: thresholds START, START+STEP, ... below STOP "
@@ -44,15 +44,33 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number in [0, 1]")
+    return value
+
+
+MAX_SWEEP = 1000  # thresholds of one sweep: each costs a pass over every pixel's scores
+
+
 def parse_sweep(spec: str) -> list[float]:
     """``"START:STOP:STEP"`` to thresholds ``START + i * STEP < STOP`` (STOP excluded)."""
     try:
         start, stop, step = (float(x) for x in spec.split(":"))
     except ValueError:
         raise ConfigError(f"--sweep {spec!r}: expected START:STOP:STEP, e.g. 0.20:0.60:0.01")
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ConfigError(f"--sweep {spec!r}: expected finite numbers, e.g. 0.20:0.60:0.01")
     if not (step > 0 and stop > start):
         raise ConfigError(f"--sweep {spec!r}: need STEP > 0 and STOP > START")
     count = math.ceil((stop - start) / step - 1e-9)
+    if count > MAX_SWEEP:
+        raise ConfigError(f"--sweep {spec!r}: {count} thresholds; at most {MAX_SWEEP} "
+                          "(raise STEP)")
     # Rounding keeps 0.2 + 6 * 0.01 equal to the literal 0.26.
     return [round(start + i * step, 10) for i in range(count)]
 

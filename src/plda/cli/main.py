@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
+import os
 import sys
 
 from plda import __version__
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(CAM / SEAM / SEAM+PLDA).",
     )
     parser.add_argument("--version", action="version", version=f"plda-wsss {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: PLDA_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -60,16 +64,56 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    debug = args.debug or os.environ.get("PLDA_DEBUG", "") not in ("", "0")
     try:
         with contextlib.ExitStack() as stack:  # locks a command takes are released here
             args.exit_stack = stack
             return int(args.func(args) or 0)
     except PldaError as exc:
+        if debug:
+            raise
         print(f"plda {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"plda {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, MemoryError, UnicodeError) as exc:
+        if debug:
+            raise
+        print(f"plda {args.command}: error: {describe_system_error(exc)}", file=sys.stderr)
+        return 2
+
+
+# What to do about an operating-system error, by errno.
+_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space (or give another run_dir=) and run the same "
+                  "command again; finished outputs are kept and it resumes where it stopped",
+    errno.EDQUOT: "the disk quota is exceeded: free space and run the same command again; "
+                  "finished outputs are kept and it resumes where it stopped",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "operation not permitted: choose a folder you can write to",
+    errno.EROFS: "the file system is read-only: choose another folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "the path is a folder where a file was expected: give a file path",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENAMETOOLONG: "the file name is too long: choose a shorter path",
+}
+
+
+def describe_system_error(exc: BaseException) -> str:
+    """A one-line message for an OS, memory or decoding error: what failed, on which path or
+    value, and what to do."""
+    if isinstance(exc, MemoryError):
+        return ("out of memory; lower the setting that sizes the work (data.crop, "
+                "train.batch_size, cam.scales, seg.scales, or the size of the images given) "
+                "and run again")
+    if isinstance(exc, UnicodeError):
+        return f"text that is not valid UTF-8 ({exc}); save the file as UTF-8"
+    paths = [p for p in (exc.filename, getattr(exc, "filename2", None)) if p]
+    where = " -> ".join(str(p) for p in paths)
+    what = exc.strerror or str(exc)
+    advice = _ADVICE.get(exc.errno or -1)
+    return f"{what}{f': {where}' if where else ''}" + (f" ({advice})" if advice else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ skips it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -61,8 +62,8 @@ def parse_scales(spec: str) -> tuple[float, ...]:
     except ValueError:
         raise ConfigError(f"--scales {spec!r}: expected comma-separated numbers, "
                           "e.g. 1.0,0.75,1.25") from None
-    if not scales or min(scales) <= 0:
-        raise ConfigError(f"--scales {spec!r}: expected one or more positive numbers")
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ConfigError(f"--scales {spec!r}: expected one or more positive finite numbers")
     return scales
 
 
@@ -127,7 +128,8 @@ def read_image(path: Path):
         with Image.open(path) as img:
             img.load()
             return img.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path} ({exc}); expected a JPEG, PNG, BMP or "
                         "WebP image") from exc
 

@@ -13,6 +13,7 @@ type and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import types
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, 
 import yaml
 
 from plda.errors import ConfigError
-from plda.utils.io import atomic_write_text
+from plda.utils.io import atomic_write_text, read_text_file
 
 T = TypeVar("T")
 
@@ -56,11 +57,9 @@ def resolve_preset(ref: str | Path, base_dir: Path | None = None) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_file(path, "config", ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -222,6 +221,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad()
+        if not math.isfinite(value):
+            raise bad(" — expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -92,6 +92,13 @@ class CamConfig:
         if not (0 <= start < stop <= 1 and step > 0):
             raise ConfigError(f"cam.sweep={list(self.sweep)!r}: expected [start, stop, step] "
                               "with 0 <= start < stop <= 1 and step > 0")
+        if (stop - start) / step > 1000:
+            raise ConfigError(f"cam.sweep={list(self.sweep)!r}: more than 1000 thresholds; "
+                              "raise the step")
+        for name in ("bg_threshold", "score_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"cam.{name}={value!r}: expected a number in [0, 1]")
 
 
 def _irn_train() -> TrainConfig:

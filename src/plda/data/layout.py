@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from plda.errors import DataError
-from plda.utils.io import atomic_write_text, check_id
+from plda.utils.io import atomic_write_text, check_id, read_text_file
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -45,7 +45,7 @@ def read_classes_file(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     names: list[str] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(read_text_file(path, "class list").splitlines(), start=1):
         name = raw.strip()
         if not name:
             raise DataError(f"{path}:{lineno}: blank line; expected one class name per line")
@@ -83,7 +83,7 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
         raise DataError(f"image list {path} not found")
     ids: list[str] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(read_text_file(path, "image list").splitlines(), start=1):
         words = raw.split()
         if not words:
             continue
@@ -219,7 +219,7 @@ class DatasetLayout:
         try:
             with Image.open(path) as img:
                 w, h = img.size
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {path} ({exc})") from exc
         return h, w
 
@@ -284,8 +284,10 @@ class DatasetLayout:
         if self._json is None:
             path = self.root / LABELS_FILE
             try:
-                table = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+                table = json.loads(read_text_file(path, "label table"))
+            except ValueError as exc:
+                if isinstance(exc, DataError):
+                    raise
                 raise DataError(f"cannot read {path} ({exc})") from exc
             if not isinstance(table, dict):
                 raise DataError(f"{path}: expected a JSON object {{id: [class names]}}")
@@ -313,5 +315,6 @@ def load_rgb(path: str | os.PathLike):
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path} ({exc})") from exc

@@ -17,6 +17,8 @@ in the reference too) leaves it off.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -88,8 +90,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: expected an integer >= 0, got {value!r}")
         for name in ("lr", "momentum", "weight_decay", "poly_power"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"train.{name}: expected a number >= 0, got {value!r}")
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not math.isfinite(value) or value < 0):
+                raise ConfigError(f"train.{name}: expected a finite number >= 0, got {value!r}")
+        if self.momentum >= 1:
+            raise ConfigError(f"train.momentum: expected a number in [0, 1), got "
+                              f"{self.momentum!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"train.amp: expected one of {AMP_MODES}, got {self.amp!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

@@ -53,10 +53,9 @@ def read_class_names(path: str | os.PathLike | None) -> list[str]:
     if path is None:
         return ["background", *VOC_CLASSES]
     path = Path(path)
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except OSError as exc:
-        raise DataError(f"cannot read class list {path}: {exc}") from exc
+    from plda.utils.io import read_text_file
+
+    names = [line.strip() for line in read_text_file(path, "class list").splitlines()]
     names = [name for name in names if name]
     if names and names[0].lower() == "background":
         names = names[1:]

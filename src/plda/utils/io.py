@@ -21,6 +21,21 @@ from plda.errors import DataError
 _TMP_PREFIX = ".tmp-"
 
 
+def read_text_file(path: str | os.PathLike, what: str = "file", error: type = DataError) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is accepted and dropped); an
+    unreadable or non-UTF-8 file is an ``error`` naming it, the byte offset and what to do."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it "
+                    "as UTF-8") from exc
+
+
 def _default_file_mode() -> int:
     # mkstemp makes 0600 files; a finished file gets the mode open() would have given it.
     mask = os.umask(0)

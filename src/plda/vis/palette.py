@@ -80,7 +80,7 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
                 rgb = np.array(img.convert("RGB"), dtype=np.uint8)
             else:
                 raise DataError(f"{path}: unsupported label PNG mode {mode!r}; expected P, L or RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot read label PNG ({exc})") from exc
     pal = voc_palette(256).astype(np.int32)
     code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
