@@ -112,21 +112,25 @@ def format_sweep(result: dict[str, Any], bar_width: int = 40) -> str:
 def run(args: argparse.Namespace) -> int:
     from plda.evaluation.evaluate import (evaluate_cams, evaluate_labels, find_ids,
                                           read_class_names, read_id_list)
-    from plda.utils.io import atomic_write_json
+    from plda.utils.io import atomic_write_json, check_output_file
 
+    # Arguments first: a bad one must not cost a pass over the data.
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.pred is not None and (args.bg_threshold is not None or args.sweep is not None):
+        raise ConfigError("--bg-threshold and --sweep apply to --cams only")
+    if args.cams is not None and args.bg_threshold is None and args.sweep is None:
+        raise ConfigError("--cams needs --bg-threshold T or --sweep START:STOP:STEP")
+    thresholds = None if args.sweep is None else parse_sweep(args.sweep)
     class_names = read_class_names(args.classes)
     folder = args.pred if args.pred is not None else args.cams
     ids = read_id_list(args.list) if args.list else find_ids(
         folder, ".png" if args.pred is not None else ".npz")
     if args.pred is not None:
-        if args.bg_threshold is not None or args.sweep is not None:
-            raise ConfigError("--bg-threshold and --sweep apply to --cams only")
         result = evaluate_labels(args.pred, args.gt, ids, class_names, num_workers=args.workers,
                                  skip_bad=args.skip_bad)
     else:
-        if args.bg_threshold is None and args.sweep is None:
-            raise ConfigError("--cams needs --bg-threshold T or --sweep START:STOP:STEP")
-        thresholds = [args.bg_threshold] if args.sweep is None else parse_sweep(args.sweep)
+        thresholds = [args.bg_threshold] if thresholds is None else thresholds
         result = evaluate_cams(args.cams, args.gt, ids, class_names, thresholds,
                                num_workers=args.workers, skip_bad=args.skip_bad)
     if "sweep" in result:

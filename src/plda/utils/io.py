@@ -36,6 +36,23 @@ def read_text_file(path: str | os.PathLike, what: str = "file", error: type = Da
                     "as UTF-8") from exc
 
 
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, an output file path that names a folder or lies under a file."""
+    from plda.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder where a file was expected: give a file "
+                          "path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} is a file (a part of the path is a "
+                                  "file, not a folder): choose another path")
+            break
+    return path
+
+
 def _default_file_mode() -> int:
     # mkstemp makes 0600 files; a finished file gets the mode open() would have given it.
     mask = os.umask(0)
