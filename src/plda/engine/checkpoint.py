@@ -69,6 +69,28 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+def readable_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``folder`` that loads, with its state; each newer one that does
+    not (truncated, corrupt) is named in a warning and skipped. None if there is none; a
+    ``WeightsError`` if checkpoints exist but none loads."""
+    import warnings
+
+    clean_stale_temporaries(folder)
+    found = list_checkpoints(folder)
+    problems = []
+    for _, path in reversed(found):
+        try:
+            state = load_checkpoint(path)
+        except WeightsError as exc:
+            problems.append(str(exc))
+            warnings.warn(f"{exc}; falling back to an older checkpoint", stacklevel=2)
+            continue
+        return path, state
+    if problems:
+        raise WeightsError(f"no checkpoint in {folder} can be read: {'; '.join(problems)}")
+    return None
+
+
 def prune_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the ``keep`` newest checkpoints; return the deleted paths."""
     found = list_checkpoints(folder)

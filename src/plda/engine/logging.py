@@ -17,6 +17,33 @@ from plda.utils.progress import progress_bar
 _log = logging.getLogger("plda.engine")
 
 
+def read_log_records(path: Path, before: int | None = None) -> list[dict[str, Any]]:
+    """The records of a ``train.jsonl`` (those up to step ``before`` and not ``end`` events,
+    when given). A damaged line (a killed writer, a hand edit) is skipped with a warning naming
+    the file and line, so a resumed run or a report does not stop on it."""
+    import warnings
+
+    from plda.utils.io import read_text_file
+
+    records, bad = [], []
+    for lineno, line in enumerate(read_text_file(path, "training log").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), (int, float)):
+            bad.append(lineno)
+            continue
+        if before is None or (record.get("step", 0) <= before and record.get("event") != "end"):
+            records.append(record)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        warnings.warn(f"{path}: skipped {len(bad)} damaged line(s) ({shown})", stacklevel=2)
+    return records
+
+
 class TrainLogger:
     """Writes scalars on the main process; every method is a no-op elsewhere."""
 
@@ -32,11 +59,7 @@ class TrainLogger:
         # A run killed while rewriting the log leaves its temporary; the resumed run owns it.
         clean_stale_temporaries(self.path.parent, [self.path.name])
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    if record.get("step", 0) <= start_step and record.get("event") != "end":
-                        self.records.append(record)
+            self.records = read_log_records(self.path, before=start_step)
             self._flush()
         if tensorboard:
             try:

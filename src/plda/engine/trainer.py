@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plda.engine.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint,
-                                    prune_checkpoints, save_checkpoint)
+                                    prune_checkpoints, readable_checkpoint, save_checkpoint)
 from plda.engine.config import TrainConfig
 from plda.engine.distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier,
                                      broadcast_object, init_distributed)
@@ -263,8 +263,12 @@ class Trainer:
                    logger: TrainLogger) -> TrainResult:
         cfg, total, spe = self.cfg, self.total_steps, self.steps_per_epoch
         t_start = t_window = time.perf_counter()
-        window: dict[str, float] = {}
-        window_steps, record, interrupted = 0, {}, False
+        # A resumed run continues the averaging window the checkpoint was written in, so its
+        # logged averages (and the final metrics) equal an uninterrupted run's.
+        window: dict[str, float] = dict(self._resumed_window.get("sums", {}))
+        window_steps = int(self._resumed_window.get("steps", 0))
+        record: dict[str, Any] = dict(self._resumed_window.get("record", {}))
+        interrupted = False
         while step < total and not interrupted:
             epoch, in_epoch = divmod(step, spe)
             self.sampler.set_epoch(epoch, in_epoch)
@@ -302,7 +306,8 @@ class Trainer:
                 if stop or step == total or (cfg.checkpoint_every
                                              and step % cfg.checkpoint_every == 0):
                     last_ckpt = self._save(step, wall_before + time.perf_counter() - t_start,
-                                           record)
+                                           record, {"sums": dict(window), "steps": window_steps,
+                                                    "record": dict(record)})
                 if stop:
                     interrupted = True
                     _log.warning("stopped at step %d/%d; checkpoint %s", step, total, last_ckpt)
@@ -385,7 +390,8 @@ class Trainer:
         self.train_model.train()
 
     # ------------------------------------------------------------------ state
-    def _save(self, step: int, wall_time: float, metrics: dict[str, Any]) -> Path:
+    def _save(self, step: int, wall_time: float, metrics: dict[str, Any],
+              log_window: dict[str, Any] | None = None) -> Path:
         rng = all_gather_object(capture_rng_state(self.device))
         path = checkpoint_path(self.checkpoint_dir, step)
         if self.dist.is_main:
@@ -402,6 +408,7 @@ class Trainer:
                 "train_config": self.cfg.to_dict(),
                 "config": _plain(self.config_dict),
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                "log_window": _plain(log_window or {}),
                 "wall_time_s": wall_time,
             })
             prune_checkpoints(self.checkpoint_dir, self.cfg.keep_checkpoints)
@@ -409,18 +416,23 @@ class Trainer:
         return path
 
     def _restore(self, resume: bool) -> tuple[int, float, Path | None]:
+        self._resumed_window = {}
         found = latest_checkpoint(self.checkpoint_dir) if self.dist.is_main else None
-        found = broadcast_object(str(found) if found else None)
         if not resume:
+            found = broadcast_object(str(found) if found else None)
             if found is not None:
                 raise ConfigError(f"{self.checkpoint_dir} already holds checkpoints (latest "
                                   f"{Path(found).name}); resume the run or use a new run folder")
             return 0, 0.0, None
+        # The newest checkpoint that reads (a truncated newest one falls back to the older ones
+        # kept beside it, with a warning).
+        readable = readable_checkpoint(self.checkpoint_dir) if self.dist.is_main else None
+        found = broadcast_object(str(readable[0]) if readable else None)
         if found is None:
             _log.info("no checkpoint in %s: starting from step 0", self.checkpoint_dir)
             return 0, 0.0, None
         path = Path(found)
-        state = load_checkpoint(path)
+        state = readable[1] if readable else load_checkpoint(path)
         self._check_resumable(state, path)
         problem = state_dict_mismatch(self.model.state_dict(), state.get("model") or {})
         if problem:
@@ -440,6 +452,8 @@ class Trainer:
                          "are reseeded, so the result will not match an uninterrupted run",
                          path, len(rng), self.dist.world_size)
             seed_everything(derive_seed(self.cfg.seed, state["step"], self.dist.rank))
+        window = state.get("log_window") or {}
+        self._resumed_window = window if isinstance(window, dict) else {}
         _log.info("resumed from %s (step %d/%d)", path, state["step"], self.total_steps)
         return int(state["step"]), float(state.get("wall_time_s", 0.0)), path
 
