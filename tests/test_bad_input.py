@@ -202,7 +202,8 @@ CLI_CASES = [
     Case("train-missing-list", lambda c: ["train", *overrides(c)],
          ("{ds}/ImageSets/Segmentation/train.txt", "not found"), no_list),
     Case("train-id-without-image", lambda c: ["train", *overrides(c)],
-         ("1 ('img1')", "no image in {ds}/JPEGImages"), no_image),
+         ("1 of 4 images of {ds} cannot be used", "img1: image 'img1' not found: expected "
+          "{ds}/JPEGImages/img1"), no_image),
     Case("train-truncated-jpeg", lambda c: ["train", *overrides(c)],
          ("cannot read image {ds}/JPEGImages/img1.jpg",), both(two_ids_train, truncate_jpeg)),
     Case("train-unknown-class", lambda c: ["train", *overrides(c)],

@@ -21,6 +21,11 @@ from plda.utils.io import atomic_write_bytes, clean_stale_temporaries
 _NAME_RE = re.compile(r"^step_(\d{8,})\.pt$")
 
 
+class CheckpointRefused(WeightsError):
+    """A checkpoint that holds more than tensors and plain values: refused, never unpickled,
+    and never skipped in silence either (someone put a foreign file there)."""
+
+
 def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
     return Path(folder) / f"step_{step:08d}.pt"
 
@@ -41,7 +46,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise WeightsError(
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head != b"PK\x03\x04":  # not torch's zip container at all: a damaged file
+            raise WeightsError(f"checkpoint {str(path)!r} is not a readable torch file "
+                               f"(UnpicklingError: {exc})") from None
+        raise CheckpointRefused(
             f"checkpoint {str(path)!r} holds objects other than tensors and plain values and was "
             f"refused (weights_only=True): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt pickle can raise IndexError, KeyError...
@@ -81,6 +91,8 @@ def readable_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, Any]
     for _, path in reversed(found):
         try:
             state = load_checkpoint(path)
+        except CheckpointRefused:
+            raise
         except WeightsError as exc:
             problems.append(str(exc))
             warnings.warn(f"{exc}; falling back to an older checkpoint", stacklevel=2)

@@ -81,6 +81,20 @@ def load_layout(cfg: RunConfig, generate: bool = True):
     return DatasetLayout(dataset_root(cfg, generate=generate))
 
 
+def verify_data(cfg: RunConfig, layout) -> dict:
+    """Check every image and mask of the splits the run uses (rank 0; remembered in the run
+    folder, so a re-run checks only changed files): ``plda.data.check``."""
+    from plda.data.check import check_dataset
+    from plda.engine.distributed import barrier
+
+    summary = {}
+    if is_main_process():
+        summary = check_dataset(layout, [cfg.data.train_split, *cfg.data.eval_splits],
+                                cache_dir=run_dir(cfg))
+    barrier()
+    return summary
+
+
 def build_stage1_model(cfg: RunConfig, num_classes: int, pretrained: bool = True):
     """Backbone + method head as configured; ``pretrained=False`` skips loading ImageNet
     weights (used when a trained checkpoint is loaded right after)."""
@@ -218,6 +232,6 @@ def drop_stale_outputs(folder: Path, source: dict, pattern: str,
     return False
 
 
-__all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "dataset_root", "drop_stale_outputs",
+__all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "verify_data", "dataset_root", "drop_stale_outputs",
            "file_sha256", "load_layout", "load_stage1_model", "run_dir", "stored_path", "to_dict",
            "train_on_masks", "update_metrics", "write_run_config"]

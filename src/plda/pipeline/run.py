@@ -220,11 +220,12 @@ def _outputs_present(cfg: RunConfig, stage: str) -> bool:
 # ---------------------------------------------------------------------------------- stages
 
 def _run_data(cfg: RunConfig, dist) -> None:
-    from plda.pipeline.common import load_layout
+    from plda.pipeline.common import load_layout, verify_data
 
     layout = load_layout(cfg)
     for split in {cfg.data.train_split, *cfg.data.eval_splits}:
         layout.ids(split)  # a missing or malformed list file fails here, not hours later
+    verify_data(cfg, layout)  # and so does an unreadable image or a bad mask
 
 
 def _run_train(cfg: RunConfig, dist) -> None:

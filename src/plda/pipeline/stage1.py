@@ -9,7 +9,7 @@ import numpy as np
 from plda.config.loader import to_dict
 from plda.config.schema import RunConfig
 from plda.pipeline.common import (STAGE1_WEIGHTS, build_stage1_model, load_layout, run_dir,
-                                  update_metrics, write_run_config)
+                                  update_metrics, verify_data, write_run_config)
 from plda.utils.dist import is_main_process
 
 
@@ -72,6 +72,7 @@ def train_stage1(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
         clean_stale_temporaries(out / "vis")
     write_run_config(cfg)
     layout = load_layout(cfg)
+    verify_data(cfg, layout)  # every image and mask, before hours of training
     model = build_stage1_model(cfg, layout.num_classes)
     backbone = model.backbone
     transform = Stage1Transform(resize_long=tuple(cfg.data.resize_long), crop=cfg.data.crop,
