@@ -48,11 +48,30 @@ def register(subparsers) -> None:
                    help="autocast precision of the network (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="stack up to N consecutive images of equal size per forward")
+    p.add_argument("--max-side", type=_max_side, default=DEFAULT_MAX_SIDE, metavar="PIXELS",
+                   help="an image whose longer side exceeds this is segmented at that size and "
+                   f"its mask upsampled, which bounds memory (default {DEFAULT_MAX_SIDE}; 0 = "
+                   "no limit)")
     p.add_argument("--no-overlay", action="store_true", help="write the masks only")
     p.add_argument("--overwrite", action="store_true", help="redo images whose mask exists")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images (listed at the end) instead of stopping")
     p.set_defaults(func=run)
+
+
+# Longest side segmented at full resolution: 2048 px keeps one light DeepLab pass with flip
+# under about 1.5 GB (benchmarks/predict_memory.py).
+DEFAULT_MAX_SIDE = 2048
+
+
+def _max_side(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if value != 0 and value < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 (no limit) or at least 32")
+    return value or None
 
 
 def parse_scales(spec: str) -> tuple[float, ...]:
@@ -138,7 +157,8 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
                    out_dir: str | os.PathLike, *, scales: Sequence[float] = (1.0,),
                    flip: bool = True, crf: bool = False, device: str = "auto",
                    amp: str = "none", batch_size: int = 1, overlay: bool = True,
-                   overwrite: bool = False, skip_bad: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, skip_bad: bool = False,
+                   max_side: int | None = DEFAULT_MAX_SIDE) -> dict[str, Any]:
     """Segment ``inputs`` (files and/or folders) with the network of ``checkpoint`` into
     ``out_dir`` (module docstring); see ``plda predict --help`` for the options.
 
@@ -181,9 +201,12 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
     bad: list[dict[str, str]] = []
     bar = progress_bar(len(todo), desc="predict", unit="img")
 
+    reading: list[Path] = []  # the image read last: the one the network works on
+
     def readable() -> Iterator[tuple[Path, Any]]:
         for path in todo:
             try:
+                reading[:] = [path]
                 yield path, read_image(path)
             except DataError as exc:
                 if not skip_bad:
@@ -195,8 +218,9 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
     written = 0
     start = time.perf_counter()
     try:
-        for path, rgb, labels in iter_label_maps(net, readable(), scales, flip, amp, crf=crf,
-                                                 batch_size=batch_size):
+        for path, rgb, labels in _out_of_memory_named(
+                iter_label_maps(net, readable(), scales, flip, amp, crf=crf,
+                                batch_size=batch_size, max_side=max_side), reading, max_side):
             if overlay:
                 from PIL import Image
 
@@ -214,6 +238,29 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
             "out_dir": str(out), "class_names": list(meta["class_names"])}
 
 
+def _out_of_memory_named(results: Iterator, reading: list[Path], max_side: int | None
+                         ) -> Iterator:
+    """Pass ``results`` through; an allocation failure becomes a message naming the image being
+    segmented (the last one read) and the setting that bounds the memory."""
+    while True:
+        try:
+            item = next(results)
+        except StopIteration:
+            return
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
+                raise
+            where = reading[0] if reading else "an image"
+            raise DataError(f"out of memory segmenting {where}: lower --max-side (now "
+                            f"{max_side or 'no limit'}), --scales or --batch-size") from None
+        yield item
+
+
+def _is_allocation_failure(exc: RuntimeError) -> bool:
+    text = str(exc).lower()
+    return "can't allocate memory" in text or "out of memory" in text
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: expected a positive integer")
@@ -224,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
                              scales=parse_scales(args.scales), flip=not args.no_flip,
                              crf=args.crf, device=args.device, amp=args.amp,
                              batch_size=args.batch_size, overlay=not args.no_overlay,
-                             overwrite=args.overwrite, skip_bad=args.skip_bad)
+                             overwrite=args.overwrite, skip_bad=args.skip_bad,
+                             max_side=args.max_side)
     print(f"{res['written']} written, {res['skipped_existing']} already done, "
           f"{len(res['bad'])} unreadable of {res['total']} images -> {res['out_dir']} "
           f"({res['seconds_per_image']:.2f} s/image on {res['device']})")

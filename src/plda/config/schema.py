@@ -79,6 +79,9 @@ class CamConfig:
     # antialiased; any tensor input, on any device); "reference" resizes the uint8 image with
     # PIL bicubic and normalises it after, as SEAM's infer_SEAM.py (the paper presets).
     resize: Literal["tensor", "reference"] = "tensor"
+    # Memory bound: an image whose longer side exceeds this is inferred at that size and its
+    # CAMs upsampled to the image (VOC and COCO images are far smaller); null = no limit.
+    max_side: Optional[int] = 1024
     # Background threshold for seeds; null = choose it by the sweep on ``sweep_split``.
     bg_threshold: Optional[float] = None
     sweep: tuple[float, float, float] = (0.20, 0.60, 0.01)
@@ -95,6 +98,9 @@ class CamConfig:
         if (stop - start) / step > 1000:
             raise ConfigError(f"cam.sweep={list(self.sweep)!r}: more than 1000 thresholds; "
                               "raise the step")
+        if self.max_side is not None and self.max_side < 32:
+            raise ConfigError(f"cam.max_side={self.max_side!r}: expected at least 32 pixels, "
+                              "or null for no limit")
         for name in ("bg_threshold", "score_threshold"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:

@@ -77,6 +77,18 @@ def reference_scaler(image: Any, transform: Callable[[Any], Tensor],
     return scaled
 
 
+def _working_image(image: Any, max_side: int | None) -> Any:
+    """``image`` (PIL), or a copy whose longer side is ``max_side`` when it is longer."""
+    from PIL import Image
+
+    from plda.segmentation.inference import working_size
+
+    size = working_size(image.height, image.width, max_side)
+    if size == (image.height, image.width):
+        return image
+    return image.resize(size[::-1], Image.BILINEAR)
+
+
 def normalize_cams(cams: Tensor) -> Tensor:
     """ReLU, then SEAM's per-class min–max normalisation of ``(B, C, H, W)`` maps (module doc);
     the same formula as SEAM training's ``max_norm``, which it reuses."""
@@ -242,7 +254,7 @@ def clean_temporaries(folder: Path, names: Sequence[str]) -> int:
 def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_dir: str | os.PathLike,
                *, scales: Sequence[float] = DEFAULT_SCALES, flip: bool = True,
                label_source: str = "gt", score_threshold: float = 0.5, amp: str = "none",
-               resize: str = "tensor",
+               resize: str = "tensor", max_side: int | None = None,
                device: str | torch.device | None = None, skip_existing: bool = True,
                rank: int | None = None, world_size: int | None = None,
                **model_kwargs) -> dict[str, Any]:
@@ -252,7 +264,9 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     with their label values as keys (:func:`plda.data.camfile.save_cams`). Present classes are
     the image labels (``label_source="gt"``) or the predicted ones (``"predicted"``:
     ``sigmoid(class_scores) > score_threshold`` at scale 1.0, unflipped; see :func:`class_scores`).
-    ``resize``: ``"tensor"`` or ``"reference"`` (module doc).
+    ``resize``: ``"tensor"`` or ``"reference"`` (module doc). ``max_side``: an image whose
+    longer side exceeds it is inferred at that size (aspect kept) and its CAMs upsampled
+    bilinearly to the image, which bounds memory; ``None``: no limit.
     With ``skip_existing``, an image whose file exists and loads is skipped; an unreadable file
     is redone and this rank's stale temporaries are removed first, so a killed run resumes where
     it stopped.
@@ -313,8 +327,10 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
                 bar.update(1)
                 continue
             image = layout.load_image(image_id)
-            x = transform(image).to(device)
-            scaled = reference_scaler(image, transform, device) if resize == "reference" else None
+            full_size = (image.height, image.width)
+            work = _working_image(image, max_side)
+            x = transform(work).to(device)
+            scaled = reference_scaler(work, transform, device) if resize == "reference" else None
             if label_source == "gt":
                 labels = torch.tensor(layout.labels(image_id))
                 present = torch.nonzero(labels).flatten()
@@ -329,9 +345,11 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
                                                  model_kwargs, score_scale=1.0, scaled=scaled)
                 present = torch.nonzero(torch.sigmoid(scores[0]) > score_threshold).flatten()
                 cams = normalize_cams(total[:, present])[0]
+            if tuple(cams.shape[-2:]) != full_size:
+                cams = F.interpolate(cams[None].float(), size=full_size, mode="bilinear",
+                                     align_corners=False)[0]
             save_cams(path, cams.cpu().numpy().astype(np.float16),
-                      (present + 1).cpu().numpy().astype(np.int64), num_classes,
-                      (image.height, image.width))
+                      (present + 1).cpu().numpy().astype(np.int64), num_classes, full_size)
             written += 1
             bar.update(1)
             bar.set_postfix(written=written, skipped=skipped, refresh=False)

@@ -35,6 +35,7 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
             # only when not the default, so folders made before the switch stay current
             **({"map": cfg.cam.map} if cfg.cam.map != "revised" else {}),
             **({"resize": cfg.cam.resize} if cfg.cam.resize != "tensor" else {}),
+            **({"max_side": cfg.cam.max_side} if cfg.cam.max_side != 1024 else {}),
             "data_root": stored_path(cfg, data_root) if data_root is not None else None,
             "synth": asdict(cfg.data.synth) if cfg.data.root == "synth" else None}
 
@@ -68,7 +69,8 @@ def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:
                          scales=cfg.cam.scales, flip=cfg.cam.flip,
                          label_source=cfg.cam.label_source,
                          score_threshold=cfg.cam.score_threshold, amp=cfg.cam.amp,
-                         resize=cfg.cam.resize, device=dist.device, rank=dist.rank,
+                         resize=cfg.cam.resize, max_side=cfg.cam.max_side,
+                         device=dist.device, rank=dist.rank,
                          world_size=dist.world_size,
                          revised=cfg.cam.map == "revised")
         barrier()

@@ -89,7 +89,9 @@ def stage_settings(cfg: RunConfig, stage: str) -> dict:
                 "score_threshold": c.score_threshold,
                 # only when not the default: runs made before the switch keep their fingerprint
                 **({"map": c.map} if c.map != "revised" else {}),
-                **({"resize": c.resize} if c.resize != "tensor" else {})}
+                **({"resize": c.resize} if c.resize != "tensor" else {}),
+                # images above it only; recorded when not the default, as the two above
+                **({"max_side": c.max_side} if c.max_side != 1024 else {})}
     if stage == "seeds":
         c = cfg.cam
         return {"bg_threshold": c.bg_threshold, "sweep": list(c.sweep),

@@ -151,10 +151,39 @@ def predict_labels(net: nn.Module, image: Any, scales: Sequence[float] = DEFAULT
     return labels_from_probs(probs, rgb, crf, crf_params)
 
 
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """The size an image is processed at: itself, or scaled so its longer side is
+    ``max_side`` (aspect kept) when it is longer than that."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    f = max_side / max(height, width)
+    return max(1, round(height * f)), max(1, round(width * f))
+
+
+def upsampled_argmax(probs: Tensor, size: tuple[int, int], band: int = 256) -> np.ndarray:
+    """``(H, W) uint8`` argmax of ``probs`` ``(K, h, w)`` upsampled bilinearly
+    (align_corners=False, as ``F.interpolate``) to ``size``, ``band`` output rows at a time,
+    so the full ``(K, H, W)`` never exists."""
+    k, h, w = probs.shape
+    height, width = size
+    out = np.empty((height, width), np.uint8)
+    xs = (torch.arange(width, dtype=torch.float32, device=probs.device) + 0.5) / width * 2 - 1
+    for top in range(0, height, band):
+        rows = torch.arange(top, min(top + band, height), dtype=torch.float32,
+                            device=probs.device)
+        ys = (rows + 0.5) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None]
+        part = F.grid_sample(probs[None].float(), grid, mode="bilinear",
+                             padding_mode="border", align_corners=False)[0]
+        out[top:top + len(rows)] = part.argmax(0).to(torch.uint8).cpu().numpy()
+    return out
+
+
 def iter_label_maps(net: nn.Module, items: Iterable[tuple[Hashable, Any]],
                     scales: Sequence[float] = DEFAULT_SCALES, flip: bool = True,
                     amp: str = "none", *, crf: bool = False, crf_params: dict | None = None,
-                    batch_size: int = 1) -> Iterator[tuple[Hashable, np.ndarray, np.ndarray]]:
+                    batch_size: int = 1, max_side: int | None = None
+                    ) -> Iterator[tuple[Hashable, np.ndarray, np.ndarray]]:
     """Label maps of images of mixed sizes, in order: yields ``(key, rgb, labels)`` for each
     ``(key, image)`` of ``items`` (``rgb`` the ``(H, W, 3) uint8`` pixels used).
 
@@ -162,9 +191,15 @@ def iter_label_maps(net: nn.Module, items: Iterable[tuple[Hashable, Any]],
     except that up to ``batch_size`` *consecutive* images of the same size are stacked (one
     forward per scale for all of them) — worthwhile for datasets of equal-size images on a GPU.
     ``items`` is consumed lazily, so a generator that reads files keeps one batch in memory.
+
+    ``max_side`` bounds memory: an image whose longer side exceeds it goes through the network
+    at that size (aspect kept); its probabilities are upsampled to the image a band of rows at a
+    time (with ``crf``, the CRF runs at the working size and its labels are upsampled, nearest).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: expected a positive integer")
+    if max_side is not None and max_side < 32:
+        raise ConfigError(f"max_side={max_side}: expected at least 32 pixels, or none")
     scales = _check_scales(scales)
     device = net_device(net)
     pending: list[tuple[Hashable, np.ndarray]] = []
@@ -178,6 +213,13 @@ def iter_label_maps(net: nn.Module, items: Iterable[tuple[Hashable, Any]],
 
     for key, image in items:
         rgb = to_rgb_array(image)
+        size = working_size(*rgb.shape[:2], max_side)
+        if size != rgb.shape[:2]:
+            if pending:
+                yield from flush()
+            yield key, rgb, _large_image_labels(net, rgb, size, scales, flip, amp, crf,
+                                                crf_params)
+            continue
         if pending and (rgb.shape != pending[0][1].shape or len(pending) >= batch_size):
             yield from flush()
         pending.append((key, rgb))
@@ -185,6 +227,20 @@ def iter_label_maps(net: nn.Module, items: Iterable[tuple[Hashable, Any]],
         yield from flush()
 
 
+def _large_image_labels(net: nn.Module, rgb: np.ndarray, size: tuple[int, int],
+                        scales: Sequence[float], flip: bool, amp: str, crf: bool,
+                        crf_params: dict | None) -> np.ndarray:
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(rgb).resize(size[::-1], Image.BILINEAR))
+    probs = multiscale_probs_batch(net, _normalised(net, [small], net_device(net)), scales,
+                                   flip, amp)[0]
+    if crf:
+        labels = labels_from_probs(probs, small, True, crf_params)
+        return np.asarray(Image.fromarray(labels).resize(rgb.shape[1::-1], Image.NEAREST))
+    return upsampled_argmax(probs, rgb.shape[:2])
+
+
 __all__ = ["DEFAULT_SCALES", "SEG_CRF_PARAMS", "iter_label_maps", "labels_from_probs",
            "multiscale_probs", "multiscale_probs_batch", "net_device", "predict_labels",
-           "to_rgb_array"]
+           "to_rgb_array", "upsampled_argmax", "working_size"]

@@ -1,0 +1,104 @@
+"""Memory bounded by design: images larger than ``max_side`` go through the network at that
+size and their outputs are upsampled to the image; an allocation failure names the image and
+the setting to lower."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from plda.errors import DataError
+
+from test_inference import FakeCamModel, make_layout
+from test_predict import checkpoint  # noqa: F401 - the module's fixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_upsampled_argmax_equals_the_full_interpolation():
+    from plda.segmentation.inference import upsampled_argmax
+
+    probs = torch.rand(4, 13, 17, generator=torch.Generator().manual_seed(0))
+    full = F.interpolate(probs[None], size=(150, 97), mode="bilinear", align_corners=False)
+    np.testing.assert_array_equal(upsampled_argmax(probs, (150, 97), band=16),
+                                  full[0].argmax(0).numpy())
+
+
+def test_predict_segments_a_large_image_at_max_side(tmp_path, checkpoint):  # noqa: F811
+    from plda.cli.predict import predict_images
+    from plda.segmentation.inference import multiscale_probs, upsampled_argmax
+    from plda.segmentation.models import load_segmentation_net
+    from plda.vis.palette import load_label_png
+
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "in" / "big.png")
+    net, _ = load_segmentation_net(checkpoint)
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    import plda.segmentation.models as models
+
+    original = models.load_segmentation_net
+    try:
+        models.load_segmentation_net = lambda *a, **k: (net, {"class_names": ["bg", "a", "b"]})
+        predict_images(checkpoint, [tmp_path / "in"], tmp_path / "out", max_side=64,
+                       overlay=False)
+    finally:
+        models.load_segmentation_net = original
+    assert max(max(s) for s in seen) <= 64  # the network never saw the full image
+    labels = load_label_png(tmp_path / "out" / "big.png")
+    assert labels.shape == (120, 200)
+    small = np.asarray(Image.fromarray(rgb).resize((64, 38), Image.BILINEAR))
+    expected = upsampled_argmax(multiscale_probs(net, small, (1.0,), True), (120, 200))
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_cams_of_a_large_image_are_inferred_at_max_side(tmp_path):
+    from plda.data.camfile import load_cams
+    from plda.inference.cams import infer_cams
+
+    layout = make_layout(tmp_path / "data", [(90, 150)], [[1, 2]])
+    model = FakeCamModel()
+    seen = []
+    real = model.cams
+    model.cams = lambda image, **kw: seen.append(tuple(image.shape[-2:])) or real(image, **kw)
+    infer_cams(model, layout, "train", tmp_path / "cams", scales=(1.0,), flip=False,
+               max_side=50)
+    assert seen == [(30, 50)]
+    cam_file = load_cams(tmp_path / "cams" / "img_000.npz")
+    assert cam_file.image_size == (90, 150) and cam_file.cams.shape == (2, 90, 150)
+    assert cam_file.cams.max() > 0.9  # normalised maps, upsampled
+
+
+def test_an_allocation_failure_names_the_image_and_the_setting(tmp_path, checkpoint,  # noqa: F811
+                                                               monkeypatch):
+    from plda.cli.predict import predict_images
+    import plda.segmentation.inference as inference
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "in" / "huge.jpg")
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 123456789012 bytes")
+
+    monkeypatch.setattr(inference, "multiscale_probs_batch", no_memory)
+    with pytest.raises(DataError, match=r"out of memory segmenting .*huge.jpg: lower "
+                                        r"--max-side \(now 2048\)"):
+        predict_images(checkpoint, [tmp_path / "in"], tmp_path / "out")
+
+
+def test_max_side_settings_are_checked(capsys):
+    from plda.cli.main import main
+    from plda.config import load_run_config
+    from plda.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cam.max_side=8"):
+        load_run_config("synth_cam", ["cam.max_side=8"])
+    assert load_run_config("synth_cam", ["cam.max_side=null"]).cam.max_side is None
+    with pytest.raises(SystemExit):
+        main(["predict", "W", "I", "--out", "O", "--max-side", "10"])
+    assert "expected 0 (no limit) or at least 32" in capsys.readouterr().err
