@@ -102,3 +102,34 @@ def test_max_side_settings_are_checked(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "W", "I", "--out", "O", "--max-side", "10"])
     assert "expected 0 (no limit) or at least 32" in capsys.readouterr().err
+
+
+def test_a_crop_that_cannot_fit_is_refused_before_training(tmp_path, capsys):
+    from plda.cli.main import main
+
+    from test_pipeline import TINY
+
+    run = tmp_path / "run"
+    assert main(["train", "synth_cam", *TINY, f"run_dir={run}", "data.crop=40000"]) == 2
+    err = capsys.readouterr().err
+    assert "data.crop=40000 with batch 4 needs about" in err and "GiB are free" in err
+    assert "lower data.crop or the batch size" in err and "Traceback" not in err
+    assert not (run / "checkpoints").exists()
+
+
+def test_the_memory_probe_changes_nothing_and_scales_with_the_crop():
+    from plda.engine.memory import estimate_training_memory
+    from plda.methods import MethodConfig, build_method
+
+    from test_methods_models import FakeBackbone, NUM_CLASSES
+
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(name="seam_plda"), FakeBackbone(), NUM_CLASSES)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    small = estimate_training_memory(model, NUM_CLASSES, 64, 2, torch.device("cpu"))
+    large = estimate_training_memory(model, NUM_CLASSES, 128, 2, torch.device("cpu"))
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert large.activations == pytest.approx(4 * small.activations, rel=1e-6)
+    assert small.activations > 0 and small.parameters > 0

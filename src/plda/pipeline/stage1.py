@@ -74,6 +74,11 @@ def train_stage1(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
     layout = load_layout(cfg)
     verify_data(cfg, layout)  # every image and mask, before hours of training
     model = build_stage1_model(cfg, layout.num_classes)
+    from plda.engine.memory import check_training_memory
+
+    # Refuse a crop / batch that cannot fit before any training (an estimate, module doc).
+    check_training_memory(model.to(dist.device), layout.num_classes, cfg.data.crop,
+                          cfg.train.local_batch_size(dist.world_size), dist.device)
     backbone = model.backbone
     transform = Stage1Transform(resize_long=tuple(cfg.data.resize_long), crop=cfg.data.crop,
                                 flip=cfg.data.flip, jitter=tuple(cfg.data.color_jitter),
