@@ -59,8 +59,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-# Longest side segmented at full resolution: 2048 px keeps one light DeepLab pass with flip
-# under about 1.5 GB (benchmarks/predict_memory.py).
+# Longest side segmented at full resolution. On a 6000 x 4000 photo the process peaks at
+# 2.4 GB with 2048 and 1.2 GB with 1024; without a limit it passed 8 GB before running out
+# (benchmarks/predict_memory.py, 2026-12-03).
 DEFAULT_MAX_SIDE = 2048
 
 
