@@ -133,3 +133,26 @@ def test_the_memory_probe_changes_nothing_and_scales_with_the_crop():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert large.activations == pytest.approx(4 * small.activations, rel=1e-6)
     assert small.activations > 0 and small.parameters > 0
+
+
+def test_an_allocation_failure_in_cam_inference_names_the_image(tmp_path):
+    from plda.inference.cams import infer_cams
+
+    layout = make_layout(tmp_path / "data", [(30, 40), (30, 40)], [[1], [2]])
+    model = FakeCamModel()
+    real = model.cams
+    calls = []
+
+    def cams(image, **kw):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 99999999999 bytes")
+        return real(image, **kw)
+
+    model.cams = cams
+    with pytest.raises(DataError, match=r"out of memory on image 'img_001' \(.*img_001.png\): "
+                                        r"lower cam.max_side \(now 1024\)"):
+        infer_cams(model, layout, "train", tmp_path / "cams", scales=(1.0,), flip=False,
+                   max_side=1024)
+    assert (tmp_path / "cams" / "img_000.npz").is_file()  # the finished one is kept

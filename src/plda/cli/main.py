@@ -94,6 +94,7 @@ _ADVICE = {
     errno.EPERM: "operation not permitted: choose a folder you can write to",
     errno.EROFS: "the file system is read-only: choose another folder",
     errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EEXIST: "a file is in the way where a folder is needed: choose another path",
     errno.EISDIR: "the path is a folder where a file was expected: give a file path",
     errno.ENOENT: "no such file or folder: check the path",
     errno.ENAMETOOLONG: "the file name is too long: choose a shorter path",

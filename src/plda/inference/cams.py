@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plda.errors import ConfigError, PldaError
+from plda.errors import ConfigError, DataError, PldaError
 from plda.methods.seam import max_norm
 from plda.utils.dist import get_rank, get_world_size
 from plda.utils.io import check_id, clean_stale_temporaries, safe_join
@@ -314,43 +314,55 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     # Predicted labels need the scale-1.0 logits: add that pass if 1.0 is not among the scales.
     extra_scale = label_source == "predicted" and 1.0 not in scales
 
+    def infer_one(image_id: str) -> bool:
+        """Write one image's CAM file; False when a complete one is already there."""
+        path = safe_join(out_dir, f"{image_id}.npz")
+        if (skip_existing and path.exists()
+                and _is_complete(path, num_classes, layout.image_size(image_id))):
+            return False
+        image = layout.load_image(image_id)
+        full_size = (image.height, image.width)
+        work = _working_image(image, max_side)
+        x = transform(work).to(device)
+        scaled = reference_scaler(work, transform, device) if resize == "reference" else None
+        if label_source == "gt":
+            labels = torch.tensor(layout.labels(image_id))
+            present = torch.nonzero(labels).flatten()
+            cams = multiscale_cam(model, x, scales, flip, labels, amp=amp, scaled=scaled,
+                                  **model_kwargs)[present]
+        else:
+            with _eval_mode(model):
+                total, scores = _summed_cams(model, x[None], scales, flip, amp, True,
+                                             model_kwargs, score_scale=1.0, scaled=scaled)
+                if extra_scale:
+                    _, scores = _summed_cams(model, x[None], (1.0,), False, amp, True,
+                                             model_kwargs, score_scale=1.0, scaled=scaled)
+            present = torch.nonzero(torch.sigmoid(scores[0]) > score_threshold).flatten()
+            cams = normalize_cams(total[:, present])[0]
+        if tuple(cams.shape[-2:]) != full_size:  # inferred at max_side: back to the image
+            cams = F.interpolate(cams[None].float(), size=full_size, mode="bilinear",
+                                 align_corners=False)[0]
+        save_cams(path, cams.cpu().numpy().astype(np.float16),
+                  (present + 1).cpu().numpy().astype(np.int64), num_classes, full_size)
+        return True
+
     written = skipped = 0
     start = time.perf_counter()
     bar = progress_bar(len(ids), desc=f"CAMs {split if isinstance(split, str) else ''}".strip(),
                        unit="img")
     try:
         for image_id in ids:
-            path = safe_join(out_dir, f"{image_id}.npz")
-            if (skip_existing and path.exists()
-                    and _is_complete(path, num_classes, layout.image_size(image_id))):
-                skipped += 1
-                bar.update(1)
-                continue
-            image = layout.load_image(image_id)
-            full_size = (image.height, image.width)
-            work = _working_image(image, max_side)
-            x = transform(work).to(device)
-            scaled = reference_scaler(work, transform, device) if resize == "reference" else None
-            if label_source == "gt":
-                labels = torch.tensor(layout.labels(image_id))
-                present = torch.nonzero(labels).flatten()
-                cams = multiscale_cam(model, x, scales, flip, labels, amp=amp, scaled=scaled,
-                                      **model_kwargs)[present]
-            else:
-                with _eval_mode(model):
-                    total, scores = _summed_cams(model, x[None], scales, flip, amp, True,
-                                                 model_kwargs, score_scale=1.0, scaled=scaled)
-                    if extra_scale:
-                        _, scores = _summed_cams(model, x[None], (1.0,), False, amp, True,
-                                                 model_kwargs, score_scale=1.0, scaled=scaled)
-                present = torch.nonzero(torch.sigmoid(scores[0]) > score_threshold).flatten()
-                cams = normalize_cams(total[:, present])[0]
-            if tuple(cams.shape[-2:]) != full_size:
-                cams = F.interpolate(cams[None].float(), size=full_size, mode="bilinear",
-                                     align_corners=False)[0]
-            save_cams(path, cams.cpu().numpy().astype(np.float16),
-                      (present + 1).cpu().numpy().astype(np.int64), num_classes, full_size)
-            written += 1
+            try:
+                done = infer_one(image_id)
+            except (MemoryError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
+                    raise
+                raise DataError(f"out of memory on image {image_id!r} "
+                                f"({layout.image_path(image_id)}): lower cam.max_side (now "
+                                f"{max_side or 'no limit'}) or the largest of cam.scales "
+                                f"({max(scales)})") from None
+            written += done
+            skipped += not done
             bar.update(1)
             bar.set_postfix(written=written, skipped=skipped, refresh=False)
     finally:
@@ -359,3 +371,8 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     return {"written": written, "skipped": skipped, "total": len(ids), "seconds": seconds,
             "seconds_per_image": seconds / written if written else 0.0,
             "rank": rank, "world_size": world_size}
+
+
+def _is_allocation_failure(exc: RuntimeError) -> bool:
+    text = str(exc).lower()
+    return "can't allocate memory" in text or "out of memory" in text
