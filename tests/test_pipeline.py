@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plda.config import load_run_config
+from plda.config import load_run_config, load_run_folder_config
 from plda.vis.palette import load_label_png
 
 TINY = ["data.synth.n_train=8", "data.synth.n_val=4", "data.synth.size=64",
@@ -31,7 +31,8 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, monkeypatch, method):
     metrics = run_pipeline(cfg, until="seeds")
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "stage1.safetensors").is_file()
-    assert load_run_config(run / "config.yaml") == cfg  # the resolved config round-trips
+    # The resolved config round-trips (the folder it lies in is the run: run_dir ".").
+    assert load_run_folder_config(run) == cfg
     assert sorted(p.name for p in (run / "vis").glob("*.png")) == ["step_00000002.png"]
     log = [json.loads(line) for line in (run / "logs/train.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "step" in r and "loss" in r] == [1, 2]

@@ -167,8 +167,8 @@ class LossWeights:
 class MethodConfig:
     """Which stage-1 method to train and all its settings.
 
-    ``reference=True`` reproduces three quirks of the published PLDA code (usr922/plda); the
-    default (False) replaces each by the better-motivated choice:
+    ``reference=True`` reproduces the published PLDA code (usr922/plda) exactly (a pinned step,
+    ``tests/test_reference_step.py``); the default (False) differs in these details:
 
     1. Erased second pass. Reference: run in train mode, so Dropout2d(0.5) before the classifier
        (and the backbone's own dropout) is active and the target regions T come from a randomly
@@ -183,6 +183,9 @@ class MethodConfig:
        foreground class (most VOC images) gets weight 0 and no CPS loss. Default: the counts N,
        N_k come from the full PAMR pseudo label (background included), as in 1-stage-wseg where
        this weighting comes from; the loss is still applied only on S (or T) pixels.
+    4. CPS's background logit (``cps.loss_background``). Reference: the cross-entropy reads the
+       constant 1 in channel 0 (its gradient still reaches the real logit). Default: see
+       ``DEFAULT_CPS_LOSS_BACKGROUND`` and docs/methods.md for the measurement behind it.
     """
 
     name: Literal["cam", "seam", "seam_plda"] = "seam_plda"
