@@ -249,17 +249,14 @@ def _out_of_memory_named(results: Iterator, reading: list[Path], max_side: int |
         except StopIteration:
             return
         except (MemoryError, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
+            from plda.engine.memory import is_allocation_failure
+
+            if not is_allocation_failure(exc):
                 raise
             where = reading[0] if reading else "an image"
             raise DataError(f"out of memory segmenting {where}: lower --max-side (now "
                             f"{max_side or 'no limit'}), --scales or --batch-size") from None
         yield item
-
-
-def _is_allocation_failure(exc: RuntimeError) -> bool:
-    text = str(exc).lower()
-    return "can't allocate memory" in text or "out of memory" in text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -116,3 +116,13 @@ def check_training_memory(model: nn.Module, num_classes: int, crop: int, batch: 
             f"{est.available / gib:.1f} GiB are free on {device.type}: lower {what} or the "
             "batch size (or use train.grad_accum_steps)")
     return est
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the allocator running out (``MemoryError``, or the RuntimeError torch
+    raises for a failed CPU or CUDA allocation)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text
+                                              or "out of memory" in text)

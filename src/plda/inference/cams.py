@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from plda.engine.memory import is_allocation_failure
 from plda.errors import ConfigError, DataError, PldaError
 from plda.methods.seam import max_norm
 from plda.utils.dist import get_rank, get_world_size
@@ -355,7 +356,7 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
             try:
                 done = infer_one(image_id)
             except (MemoryError, RuntimeError) as exc:
-                if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
+                if not is_allocation_failure(exc):
                     raise
                 raise DataError(f"out of memory on image {image_id!r} "
                                 f"({layout.image_path(image_id)}): lower cam.max_side (now "
@@ -371,8 +372,3 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     return {"written": written, "skipped": skipped, "total": len(ids), "seconds": seconds,
             "seconds_per_image": seconds / written if written else 0.0,
             "rank": rank, "world_size": world_size}
-
-
-def _is_allocation_failure(exc: RuntimeError) -> bool:
-    text = str(exc).lower()
-    return "can't allocate memory" in text or "out of memory" in text
