@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from plda.cli._common import add_config_arguments, resolve_config
 
@@ -43,7 +44,8 @@ def run_train(args: argparse.Namespace) -> int:
     final = summary.get("final", {})
     acc = f", pixel accuracy {final['stat/pixel_acc']:.3f}" if "stat/pixel_acc" in final else ""
     print(f"trained {summary['steps']} steps in {summary['wall_time_s']:.0f} s (final loss "
-          f"{final.get('loss', float('nan')):.4f}{acc}) -> {summary['weights']}")
+          f"{final.get('loss', float('nan')):.4f}{acc}) -> "
+          f"{Path(cfg.run_dir) / summary['weights']}")
     return 0
 
 
