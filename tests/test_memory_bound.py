@@ -156,3 +156,23 @@ def test_an_allocation_failure_in_cam_inference_names_the_image(tmp_path):
         infer_cams(model, layout, "train", tmp_path / "cams", scales=(1.0,), flip=False,
                    max_side=1024)
     assert (tmp_path / "cams" / "img_000.npz").is_file()  # the finished one is kept
+
+
+def test_a_segmentation_crop_that_cannot_fit_is_refused(tmp_path):
+    from plda.config import load_run_config
+    from plda.pipeline.segment import train_segmentation
+
+    from test_pipeline import TINY
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cfg = load_run_config("synth_cam", [*TINY, f"run_dir={tmp_path / 'run'}",
+                                        "seg.model.pretrained=null", "seg.crop=40000",
+                                        f"seg.mask_dir={masks}"])
+    from plda.pipeline.common import dataset_root
+
+    dataset_root(cfg)  # the synthetic images
+    with pytest.raises(Exception, match=r"seg.crop=40000 with batch \d+ needs about"
+                                        r".*seg.train.grad_accum_steps"):
+        train_segmentation(cfg)
+    assert not (tmp_path / "run" / "deeplab").exists()

@@ -55,7 +55,20 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def activation_bytes_per_pixel(model: nn.Module, num_classes: int) -> float:
+def classification_probe(image: torch.Tensor, num_classes: int) -> dict:
+    """A stage-1 batch for the probe: the image and every class present."""
+    return {"image": image, "label": torch.ones(image.shape[0], num_classes,
+                                                device=image.device)}
+
+
+def segmentation_probe(image: torch.Tensor, num_classes: int) -> dict:
+    """A segmentation batch for the probe: the image and an all-background mask."""
+    return {"image": image, "mask": torch.zeros(image.shape[0], *image.shape[-2:],
+                                                dtype=torch.long, device=image.device)}
+
+
+def activation_bytes_per_pixel(model: nn.Module, num_classes: int,
+                               probe_batch=classification_probe) -> float:
     """Bytes that autograd saves for backward per input pixel of one training image, counted
     (each storage once) by a probe forward with gradients on a ``PROBE``-pixel image."""
     seen: dict[tuple[int, int], int] = {}
@@ -74,13 +87,12 @@ def activation_bytes_per_pixel(model: nn.Module, num_classes: int) -> float:
     device = next(model.parameters()).device
     try:
         model.train()
-        image = torch.zeros(1, 3, PROBE, PROBE, device=device)
-        label = torch.ones(1, num_classes, device=device)
+        batch = probe_batch(torch.zeros(1, 3, PROBE, PROBE, device=device), num_classes)
         # The probe must change nothing: not the random streams (dropout), not BN statistics,
         # not the weights (no backward runs).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model({"image": image, "label": label}, 0.5)
+            out = model(batch, 0.5)
         del out
     finally:
         model.train(was_training)
@@ -94,19 +106,21 @@ def activation_bytes_per_pixel(model: nn.Module, num_classes: int) -> float:
 
 
 def estimate_training_memory(model: nn.Module, num_classes: int, crop: int, batch: int,
-                             device: torch.device) -> MemoryEstimate:
+                             device: torch.device, probe_batch=classification_probe
+                             ) -> MemoryEstimate:
     params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
-    per_pixel = activation_bytes_per_pixel(model, num_classes)
+    per_pixel = activation_bytes_per_pixel(model, num_classes, probe_batch)
     return MemoryEstimate(parameters=4 * params + frozen,
                           activations=int(per_pixel * crop * crop * batch),
                           available=available_memory(device))
 
 
 def check_training_memory(model: nn.Module, num_classes: int, crop: int, batch: int,
-                          device: torch.device, what: str = "data.crop") -> MemoryEstimate:
+                          device: torch.device, what: str = "data.crop",
+                          probe_batch=classification_probe) -> MemoryEstimate:
     """Refuse a step that cannot fit (module doc); return the estimate."""
-    est = estimate_training_memory(model, num_classes, crop, batch, device)
+    est = estimate_training_memory(model, num_classes, crop, batch, device, probe_batch)
     if est.available is not None and est.total > MARGIN * est.available:
         gib = 2 ** 30
         raise ConfigError(
@@ -114,7 +128,8 @@ def check_training_memory(model: nn.Module, num_classes: int, crop: int, batch: 
             f"training step ({est.activations / gib:.1f} GiB of activations, "
             f"{est.parameters / gib:.1f} GiB of weights and optimizer state; an estimate), but "
             f"{est.available / gib:.1f} GiB are free on {device.type}: lower {what} or the "
-            "batch size (or use train.grad_accum_steps)")
+            f"batch size (or use {'seg.' if what.startswith('seg.') else ''}"
+            "train.grad_accum_steps)")
     return est
 
 

@@ -86,7 +86,14 @@ def train_segmentation(cfg: RunConfig, *, resume: bool = False, dist=None) -> di
     def save(path: Path, trained) -> None:
         save_segmentation_net(path, trained, class_names)
 
-    summary = train_on_masks(cfg, SegmentationTrainModel(net), net, cfg.seg, mask_dir,
+    from plda.engine.memory import check_training_memory, segmentation_probe
+
+    model = SegmentationTrainModel(net)
+    # Refuse a seg.crop / batch that cannot fit before any training (an estimate).
+    check_training_memory(model.to(dist.device), len(class_names), cfg.seg.crop,
+                          cfg.seg.train.local_batch_size(dist.world_size), dist.device,
+                          what="seg.crop", probe_batch=segmentation_probe)
+    summary = train_on_masks(cfg, model, net, cfg.seg, mask_dir,
                              seg_dir(cfg), seg_weights_path(cfg), split=cfg.seg.train_split,
                              resume=resume, dist=dist, save=save)
     summary.update({"arch": net.arch, "backbone": net.backbone_name,
