@@ -1,18 +1,27 @@
-"""Seconds per image of multi-scale + flip CAM inference, and the peak memory of the 2.0 scale.
+"""Seconds per image of multi-scale + flip CAM inference and its peak memory: fp32 and bf16 side
+by side, and the published model run the way SEAM's ``infer_SEAM.py`` runs it, back to back.
 
-Compares the image and its flip as one batch per scale (``flip_batch=True``, what
-``plda.inference.cams`` does) with one pass per scale per flip (``flip_batch=False``), on a SEAM
-model with random weights, fp32. Peak memory is measured in a fresh subprocess per variant that
-runs only the 2.0 scale: the process's maximum RSS (``ru_maxrss``) on CPU, the allocator's peak
-on CUDA. Prints a table; ``--json FILE`` also writes the numbers.
+    python benchmarks/cam_inference.py --backbone resnet38 --method seam_plda --size 500x375 \
+        --amp none,bf16 --reference PATH_TO_usr922_plda [--json out.json]
 
-    python benchmarks/cam_inference.py --backbone efficientnet_lite0 --size 500x375 --repeat 3
+Each variant runs in a fresh subprocess: the model is built (random weights), the peak-RSS mark
+is reset (Linux; otherwise ``ru_maxrss``), then ``--warmup`` untimed and ``--repeat`` timed
+images; the median seconds per image and the peak resident memory are reported (on CUDA the
+allocator's peak). Ours is ``plda.inference.cams.multiscale_cam`` with two classes present, as
+``plda cam`` runs it: NHWC weights, an image and its flip as one batch per scale (``--flip-batch
+off``: one pass each), one autocast context per image. The published variant is its ``Net``
+(``benchmarks/published_code.py``) in fp32 as ``infer_SEAM.py`` drives it: one pass per scale
+and flip, the revised CAM of all 20 classes upsampled to the image, masked by the labels,
+flipped back and summed, then normalised.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -20,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = {"batched flips": True, "pass per flip": False}
+HERE = Path(__file__).resolve().parent
+CLASSES = 20
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -29,36 +39,6 @@ def _parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 500x375")
     return w, h
-
-
-def _build(backbone: str, method: str, device: str, layout: str = "nhwc"):
-    import torch
-
-    try:
-        from plda.methods import MethodConfig, build_method
-        from plda.models.backbones import build_backbone
-    except ImportError as exc:
-        sys.exit(f"cannot build a model: {exc} (plda.methods.build_method and "
-                 "plda.models.backbones.build_backbone are required)")
-    torch.manual_seed(0)
-    model = build_method(MethodConfig(name=method), build_backbone(backbone), 20)
-    model = model.to(device).eval()
-    # plda cam keeps the weights channels-last (NHWC); "nchw" measures the plain layout.
-    return model.to(memory_format=torch.channels_last) if layout == "nhwc" else model
-
-
-def _image(size: tuple[int, int], device: str):
-    import torch
-
-    w, h = size
-    return torch.randn(3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _status_mib(field: str) -> float | None:
@@ -81,109 +61,177 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure_memory(args) -> dict:
-    """Run in a fresh process: peak memory of one 2.0-scale (+ flip) pass of ``args.variant``.
-
-    ``ru_maxrss`` alone would mislead: Linux carries the parent's RSS at fork into the child's
-    ``ru_maxrss``, and it includes building the model. Where possible the peak mark is reset
-    after the model is built and read back from ``VmHWM``."""
-    import gc
-
+def _timed(run, device: str, warmup: int, repeat: int) -> dict:
     import torch
 
-    from plda.inference.cams import multiscale_cam
-
-    model = _build(args.backbone, args.method, args.device, args.layout)
-    image = _image(args.size, args.device)
-    gc.collect()
+    cuda = device.startswith("cuda")
     exact = _reset_peak_rss()
-    before = _status_mib("VmRSS") if exact else None
-    if args.device.startswith("cuda"):
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    multiscale_cam(model, image, (2.0,), True, flip_batch=VARIANTS[args.variant])
-    _sync(args.device)
+    times = []
+    for i in range(warmup + repeat):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
     peak = _status_mib("VmHWM") if exact else None
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"peak_rss_mib": peak, "rss_increase_mib": peak - before if exact else float("nan")}
-    if args.device.startswith("cuda"):
-        result["cuda_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return result
+    out = {"seconds_per_image": statistics.median(times), "seconds_min": min(times),
+           "peak_rss_mib": peak}
+    if cuda:
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
-def time_variant(model, image, scales, flip_batch: bool, repeat: int, warmup: int,
-                 device: str) -> float:
-    """Median seconds per image over ``repeat`` runs, after ``warmup`` untimed runs."""
+def _inputs(size: tuple[int, int], device: str):
+    import torch
+
+    w, h = size
+    image = torch.randn(3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = torch.zeros(CLASSES, device=device)
+    labels[:2] = 1.0
+    return image, labels
+
+
+def ours_worker(args) -> dict:
+    import torch
+
     from plda.inference.cams import multiscale_cam
+    from plda.methods import MethodConfig, build_method
+    from plda.models.backbones import build_backbone
+    from plda.models.fastpath import resolve_amp
 
-    times = []
-    for i in range(warmup + repeat):
-        _sync(device)
-        start = time.perf_counter()
-        multiscale_cam(model, image, scales, True, flip_batch=flip_batch)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(name=args.method), build_backbone(args.backbone), CLASSES)
+    model = model.to(args.device, memory_format=torch.channels_last).eval()
+    image, labels = _inputs(args.size, args.device)
+    flip_batch = args.flip_batch == "on"
+    amp_run = resolve_amp(args.amp, torch.device(args.device), "--amp")
+    row = _timed(lambda: multiscale_cam(model, image, args.scales, True, labels, amp=amp_run,
+                                        flip_batch=flip_batch),
+                 args.device, args.warmup, args.repeat)
+    row.update(code="ours", amp=args.amp, amp_run=amp_run, flip_batch=flip_batch)
+    return row
+
+
+def reference_worker(args) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(HERE))
+    import published_code
+
+    torch.set_num_threads(args.threads)
+    model = published_code.cam_model(Path(args.reference).resolve())
+    image, labels = _inputs(args.size, "cpu")
+    h, w = image.shape[-2:]
+
+    def run() -> None:
+        total = None
+        with torch.no_grad():
+            for scale in args.scales:
+                size = (round(h * scale), round(w * scale))
+                x = F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)
+                for flip in (False, True):
+                    _, cam = model(x.flip(-1) if flip else x)
+                    cam = F.interpolate(cam[:, 1:], (h, w), mode="bilinear",
+                                        align_corners=False)[0] * labels.view(CLASSES, 1, 1)
+                    cam = cam.flip(-1) if flip else cam
+                    total = cam if total is None else total + cam
+        total[total < 0] = 0
+        cam_max = total.flatten(1).amax(1)[:, None, None]
+        cam_min = total.flatten(1).amin(1)[:, None, None]
+        total[total < cam_min + 1e-5] = 0
+        (total - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
+
+    row = _timed(run, "cpu", args.warmup, args.repeat)
+    row.update(code="published", amp="none", amp_run="none", flip_batch=False)
+    return row
+
+
+def _run(cmd: list[str], what: str) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"benchmark variant {what} failed (exit {out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="efficientnet_lite0",
+    parser.add_argument("--backbone", default="resnet38",
                         choices=["resnet38", "efficientnet_lite0", "resnet50", "resnet101"])
-    parser.add_argument("--method", default="seam", choices=["cam", "seam", "seam_plda"])
+    parser.add_argument("--method", default="seam_plda", choices=["cam", "seam", "seam_plda"])
     parser.add_argument("--size", type=_parse_size, default=(500, 375), help="WIDTHxHEIGHT")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
+    parser.add_argument("--amp", default="none,bf16", help="comma list of none,bf16,fp16")
+    parser.add_argument("--flip-batch", default="on", help="comma list of on,off")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed images before timing")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--reference", help="a checkout of the published code (usr922/plda)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
-    parser.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc",
-                        help="weights memory layout (plda cam uses nhwc)")
-    parser.add_argument("--measure-memory", dest="variant", choices=list(VARIANTS),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--one-amp", dest="one_amp", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.variant:
-        print(json.dumps(measure_memory(args)))
+    if args.worker:
+        if args.worker == "ours":
+            args.amp, args.flip_batch = args.one_amp, args.flip_batch
+            print(json.dumps(ours_worker(args)))
+        else:
+            print(json.dumps(reference_worker(args)))
         return 0
 
     import torch
 
-    model = _build(args.backbone, args.method, args.device, args.layout)
-    image = _image(args.size, args.device)
-    rows = []
-    for name, flip_batch in VARIANTS.items():
-        row = {"variant": name, "seconds_per_image":
-               time_variant(model, image, args.scales, flip_batch, args.repeat,
-                                    args.warmup, args.device)}
-        if not args.no_memory:
-            cmd = [sys.executable, __file__, "--backbone", args.backbone, "--method", args.method,
-                   "--size", f"{args.size[0]}x{args.size[1]}", "--device", args.device,
-                   "--layout", args.layout, "--measure-memory", name]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            row.update(json.loads(out.strip().splitlines()[-1]))
-        rows.append(row)
+    from plda.models.fastpath import cpu_features, describe_cpu
 
     w, h = args.size
-    print(f"\nCAM inference: {args.method} on {args.backbone} (random weights, fp32), "
-          f"{w}x{h}, scales {args.scales} + flip, {args.layout}, device {args.device}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeat} after {args.warmup} warm-up")
-    mem_cols = [k for k in ("peak_rss_mib", "rss_increase_mib", "cuda_peak_mib") if k in rows[0]]
-    header = ["variant", "s/image", *[f"{k} @2.0" for k in mem_cols]]
-    print(" | ".join(f"{c:>20}" for c in header))
-    for row in rows:
-        cells = [row["variant"], f"{row['seconds_per_image']:.3f}",
-                 *[f"{row[k]:.0f}" for k in mem_cols]]
-        print(" | ".join(f"{c:>20}" for c in cells))
-    speedup = rows[1]["seconds_per_image"] / rows[0]["seconds_per_image"]
-    print(f"batched flips are {speedup:.2f}x the speed of one pass per flip")
+    common = ["--backbone", args.backbone, "--method", args.method, "--size", f"{w}x{h}",
+              "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--device",
+              args.device, "--threads", str(args.threads),
+              "--scales", *[str(s) for s in args.scales]]
+    reference = None
+    if args.reference:
+        reference = _run([sys.executable, __file__, "--worker", "reference", "--reference",
+                          args.reference, *common], "published code")
+    rows = [_run([sys.executable, __file__, "--worker", "ours", "--one-amp", amp,
+                  "--flip-batch", fb, *common], f"amp={amp} flip-batch={fb}")
+            for amp in args.amp.split(",") for fb in args.flip_batch.split(",")]
+    print(f"{dt.date.today()} | torch {torch.__version__} | {platform.machine()}")
+    print(describe_cpu() if args.device == "cpu" else f"device: {args.device}")
+    print(f"CAM inference: {args.method} on {args.backbone} (random weights), {w}x{h}, scales "
+          f"{args.scales} + flip, {args.threads} threads, median of {args.repeat} after "
+          f"{args.warmup} warm-up")
+    mem = "cuda_peak_mib" if args.device.startswith("cuda") else "peak_rss_mib"
+    header = f"{'code':9s} {'amp':>10s} {'flips batched':>13s} {'s/image':>8s} {'peak MiB':>9s}"
+    if reference:
+        header += f" {'time/ref':>8s} {'mem/ref':>8s}"
+    print(header)
+    for r in ([reference] if reference else []) + rows:
+        amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
+        line = (f"{r['code']:9s} {amp:>10s} {'yes' if r['flip_batch'] else 'no':>13s} "
+                f"{r['seconds_per_image']:8.3f} {r[mem]:9.0f}")
+        if reference:
+            r["time_ratio"] = r["seconds_per_image"] / reference["seconds_per_image"]
+            r["memory_ratio"] = r["peak_rss_mib"] / reference["peak_rss_mib"]
+            line += f" {r['time_ratio']:8.2f} {r['memory_ratio']:8.2f}"
+        print(line)
     if args.json:
-        args.json.write_text(json.dumps({
+        from plda.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {
             "backbone": args.backbone, "method": args.method, "size": [w, h],
-            "scales": args.scales, "device": args.device, "threads": torch.get_num_threads(),
-            "repeat": args.repeat, "rows": rows}, indent=2) + "\n")
+            "scales": args.scales, "device": args.device, "threads": args.threads,
+            "repeat": args.repeat, "date": dt.date.today().isoformat(), "torch": torch.__version__,
+            "cpu": cpu_features(), "rows": rows, "reference": reference})
     return 0
 
 

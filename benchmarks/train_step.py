@@ -1,81 +1,168 @@
-"""Seconds per stage-1 training step and peak memory, as the trainer runs it.
+"""Seconds per stage-1 training step and peak memory, as the trainer runs it, with each speed
+switch's effect, and the published code's step measured in the same run.
 
-    python benchmarks/train_step.py --backbone resnet38 --method seam_plda --batch 2 --crop 128
-    python benchmarks/train_step.py --amp none,bf16 --json out.json
+    python benchmarks/train_step.py --backbone resnet38 --method seam_plda --batch 2 --crop 128 \
+        --amp none,bf16 --reference PATH_TO_usr922_plda [--json out.json]
+    python benchmarks/train_step.py --conv-path auto,joint,onednn --channels-last on,off
 
-Each variant runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
-own. A step is what ``plda train`` does per batch: forward (all views and passes of the
-method), backward, SGD update with the per-group learning rates, poly LR. Random weights,
-random images with random labels; the median over ``--steps`` steps after ``--warmup``.
-Reference figure on the 2-core CPU: the published usr922/plda code, ResNet-38 SEAM+PLDA,
-batch 2, crop 128, fp32 — 8.0 s per step, 1.68 GB peak RSS.
+Every variant runs in a fresh subprocess, so its peak resident memory (``ru_maxrss``: torch,
+model, optimizer state and activations) is its own; variants run back to back. A step is what
+``plda train`` does per batch: forward (all views and passes of the method), backward, SGD
+update with the per-group learning rates, poly LR. Random weights, random images, two classes
+per image; the median over ``--steps`` steps after ``--warmup`` (the first step also measures
+the convolution paths on a machine that has not cached them yet).
+
+Switches: ``--amp`` (``none`` = fp32, ``bf16``, ``fp16``; bf16 on a CPU without bf16
+instructions runs fp32 and the table says so), ``--conv-path`` (``auto``: per layer shape the
+faster of oneDNN and the joint-view GEMM, measured once per machine; or forced), ``--channels-last``
+(the trainer's ``train.channels_last``), ``--step-in-backward``.
+
+``--reference PATH``: a checkout of the published code; its training loop's body runs unchanged
+(``benchmarks/published_code.py``) in fp32 in its own subprocess, and the table gives each
+variant's time and memory as a ratio to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _peak_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def worker(args) -> dict:
     import torch
-
-    # What the process holds before any model exists (the torch build's own footprint).
-    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     from plda.engine.config import TrainConfig
     from plda.engine.optim import PolyLR, build_optimizer
     from plda.methods import build_method
     from plda.methods.config import MethodConfig
     from plda.models.backbones import build_backbone
+    from plda.models.fastpath import resolve_amp
 
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    amp_run = resolve_amp(args.amp, device, "--amp")
     backbone = build_backbone(args.backbone, pretrained=None, output_stride=args.output_stride)
-    model = build_method(MethodConfig(name=args.method), backbone, args.classes)
+    model = build_method(MethodConfig(name=args.method), backbone, args.classes).to(device)
+    channels_last = args.channels_last == "on"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model.train()
     total = args.warmup + args.steps
-    cfg = TrainConfig(iterations=total, batch_size=args.batch, amp=args.amp,
+    cfg = TrainConfig(iterations=total, batch_size=args.batch, amp=amp_run,
                       step_in_backward=args.step_in_backward == "on")
     opt = build_optimizer(model.parameter_groups(), cfg)
     in_backward = cfg.steps_in_backward(world_size=1)
     if in_backward:  # as the trainer does: update each parameter inside backward
         opt.attach_to_backward()
+    scaler = torch.amp.GradScaler(device.type) if amp_run == "fp16" else None
     sched = PolyLR(opt, total, cfg.poly_power)
     g = torch.Generator().manual_seed(0)
-    image = torch.randn(args.batch, 3, args.crop, args.crop, generator=g)
-    label = torch.zeros(args.batch, args.classes)
+    image = torch.randn(args.batch, 3, args.crop, args.crop, generator=g).to(device)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    label = torch.zeros(args.batch, args.classes, device=device)
     label[:, :2] = 1.0  # two classes per image so every PLDA term is active
     batch = {"image": image, "label": label}
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    times = []
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_run]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, losses_seen = [], []
     for step in range(total):
+        _sync(device)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             losses = model(batch, progress=step / total)
-        losses["loss"].backward()
+        loss = losses["loss"].float()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         if not in_backward:
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        _sync(device)
         times.append(time.perf_counter() - t0)
-        if not torch.isfinite(losses["loss"]):
-            raise SystemExit(f"non-finite loss at step {step}: {float(losses['loss'])}")
+        losses_seen.append(float(loss))
+        if not torch.isfinite(loss):
+            raise SystemExit(f"non-finite loss at step {step}: {float(loss)}")
     measured = times[args.warmup:]
     return {
-        "backbone": args.backbone, "method": args.method, "batch": args.batch, "crop": args.crop,
-        "amp": args.amp, "threads": args.threads, "step_in_backward": in_backward,
-        "import_torch_mb": baseline_mb,
-        "seconds_per_step": statistics.median(measured),
-        "seconds_min": min(measured),
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "code": "ours", "backbone": args.backbone, "method": args.method, "batch": args.batch,
+        "crop": args.crop, "amp": args.amp, "amp_run": amp_run, "conv_path": args.conv_path,
+        "channels_last": channels_last, "threads": args.threads, "device": args.device,
+        "step_in_backward": in_backward, "seconds_per_step": statistics.median(measured),
+        "seconds_min": min(measured), "peak_memory_mb": _peak_mb(device),
+        "loss_first": losses_seen[0], "loss_last": losses_seen[-1],
     }
+
+
+def reference_worker(args) -> dict:
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import published_code
+
+    torch.set_num_threads(args.threads)
+    step = published_code.training_step(Path(args.reference).resolve(), args.batch, args.crop,
+                                        args.classes, args.warmup + args.steps)
+    times = []
+    for _ in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+        if loss != loss:
+            raise SystemExit("the published step gave a NaN loss")
+    measured = times[args.warmup:]
+    return {"code": "published", "backbone": "resnet38", "method": "seam_plda",
+            "batch": args.batch, "crop": args.crop, "amp": "none", "amp_run": "none",
+            "conv_path": "-", "channels_last": False, "threads": args.threads, "device": "cpu",
+            "step_in_backward": False, "seconds_per_step": statistics.median(measured),
+            "seconds_min": min(measured), "peak_memory_mb": _peak_mb(torch.device("cpu"))}
+
+
+def _run(cmd: list[str], env: dict, what: str) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"benchmark variant {what} failed (exit {out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def main(argv=None) -> int:
@@ -86,48 +173,84 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--classes", type=int, default=20)
     p.add_argument("--output-stride", type=int, default=8)
-    p.add_argument("--amp", default="none", help="comma list of none,bf16,fp16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", default="none,bf16", help="comma list of none,bf16,fp16")
+    p.add_argument("--conv-path", default="auto", help="comma list of auto,joint,onednn")
+    p.add_argument("--channels-last", default="on", help="comma list of on,off")
     p.add_argument("--step-in-backward", default="on",
                    help="comma list of on,off: the trainer's default (on) updates each parameter "
                         "inside backward; off steps after backward as torch.optim does")
     p.add_argument("--steps", type=int, default=3, help="measured steps (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--json", default=None, help="write the first variant's figures here")
+    p.add_argument("--reference", default=None,
+                   help="a checkout of the published code (usr922/plda): time its step too")
+    p.add_argument("--json", default=None, help="write the figures here (the first variant's at "
+                   "the top level)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--reference-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
+    if args.reference_worker:
+        print(json.dumps(reference_worker(args)))
+        return 0
+    import torch
+
+    from plda.models.fastpath import cpu_features, describe_cpu
+
+    common = []
+    for k in ("backbone", "method", "batch", "crop", "classes", "steps", "warmup", "threads",
+              "output_stride", "device"):
+        common += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     rows = []
-    variants = [(amp, sib) for amp in args.amp.split(",")
-                for sib in args.step_in_backward.split(",")]
-    for amp, sib in variants:
-        cmd = [sys.executable, __file__, "--worker", "--amp", amp, "--step-in-backward", sib]
-        for k in ("backbone", "method", "batch", "crop", "classes", "steps", "warmup", "threads"):
-            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-        cmd += ["--output-stride", str(args.output_stride)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr)
-            raise SystemExit(f"benchmark variant amp={amp} step-in-backward={sib} failed "
-                             f"(exit {out.returncode})")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'backbone':12s} {'method':10s} {'batch':>5s} {'crop':>5s} {'amp':>5s} "
-          f"{'step in bwd':>11s} {'s/step (median)':>16s} {'s/step (min)':>13s} "
-          f"{'peak RSS MB':>12s} {'of which torch':>15s}")
-    for r in rows:
-        print(f"{r['backbone']:12s} {r['method']:10s} {r['batch']:5d} {r['crop']:5d} {r['amp']:>5s} "
-              f"{'yes' if r['step_in_backward'] else 'no':>11s} {r['seconds_per_step']:16.2f} "
-              f"{r['seconds_min']:13.2f} {r['peak_memory_mb']:12.0f} {r['import_torch_mb']:15.0f}")
-    print("reference (usr922/plda, resnet38 seam_plda, batch 2, crop 128, fp32, this CPU): "
-          "8.0 s/step, 1680 MB peak RSS")
+    reference = None
+    if args.reference:
+        if (args.backbone, args.method) != ("resnet38", "seam_plda"):
+            raise SystemExit("--reference: the published code trains resnet38 seam_plda only")
+        reference = _run([sys.executable, __file__, "--reference-worker", "--reference",
+                          args.reference, *common], dict(os.environ), "published code")
+    for amp in args.amp.split(","):
+        for path in args.conv_path.split(","):
+            for cl in args.channels_last.split(","):
+                for sib in args.step_in_backward.split(","):
+                    env = dict(os.environ, PLDA_CONV_PATH=path)
+                    rows.append(_run([sys.executable, __file__, "--worker", "--amp", amp,
+                                      "--conv-path", path, "--channels-last", cl,
+                                      "--step-in-backward", sib, *common], env,
+                                     f"amp={amp} conv-path={path} channels-last={cl} "
+                                     f"step-in-backward={sib}"))
+    print(f"{dt.date.today()} | commit {_commit()} | torch {torch.__version__} | "
+          f"{platform.machine()}")
+    print(describe_cpu() if args.device == "cpu" else f"device: {args.device}")
+    print(f"{args.backbone} {args.method}, batch {args.batch}, crop {args.crop}, "
+          f"median of {args.steps} steps after {args.warmup}")
+    header = (f"{'code':9s} {'amp':>10s} {'conv path':>9s} {'NHWC':>4s} {'step in bwd':>11s} "
+              f"{'s/step':>7s} {'min':>6s} {'peak MB':>8s}")
+    if reference:
+        header += f" {'time/ref':>8s} {'mem/ref':>8s}"
+    print(header)
+    for r in ([reference] if reference else []) + rows:
+        amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
+        line = (f"{r['code']:9s} {amp:>10s} {r['conv_path']:>9s} "
+                f"{'yes' if r['channels_last'] else 'no':>4s} "
+                f"{'yes' if r['step_in_backward'] else 'no':>11s} {r['seconds_per_step']:7.2f} "
+                f"{r['seconds_min']:6.2f} {r['peak_memory_mb']:8.0f}")
+        if reference:
+            r["time_ratio"] = r["seconds_per_step"] / reference["seconds_per_step"]
+            r["memory_ratio"] = r["peak_memory_mb"] / reference["peak_memory_mb"]
+            line += f" {r['time_ratio']:8.2f} {r['memory_ratio']:8.2f}"
+        print(line)
     if args.json:
+        sys.path.insert(0, str(HERE.parent / "src"))
         from plda.utils.io import atomic_write_json
 
-        atomic_write_json(args.json, {"seconds_per_step": rows[0]["seconds_per_step"],
-                                      "peak_memory_mb": rows[0]["peak_memory_mb"],
-                                      "variants": rows})
+        atomic_write_json(args.json, {
+            "seconds_per_step": rows[0]["seconds_per_step"],
+            "peak_memory_mb": rows[0]["peak_memory_mb"],
+            "date": dt.date.today().isoformat(), "commit": _commit(), "torch": torch.__version__,
+            "cpu": cpu_features(), "variants": rows, "reference": reference})
     return 0
 
 

@@ -19,52 +19,23 @@ step and prints the largest relative differences.
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as dt
 import json
 import math
 import platform
 import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 import _reference_step as pinned  # noqa: E402
-
-LOSS_FUNCTIONS = ("adaptive_min_pooling_loss", "max_onehot", "balanced_mask_loss_ce",
-                  "balanced_weighted_multi_adv_domain_loss")
-
-
-def _functions(path: Path, names: tuple[str, ...]) -> dict[str, str]:
-    """Source text of the top-level functions ``names`` of ``path``, as written there."""
-    source = path.read_text()
-    tree = ast.parse(source)
-    found = {node.name: ast.get_source_segment(source, node) for node in tree.body
-             if isinstance(node, ast.FunctionDef) and node.name in names}
-    missing = sorted(set(names) - set(found))
-    if missing:
-        raise SystemExit(f"{path}: functions {missing} not found")
-    return found
-
-
-def _loop_body(path: Path) -> str:
-    """The published step: the training loop's statements from ``scale_factor = 0.3`` up to (not
-    including) ``optimizer.zero_grad()``, dedented, as they stand in the file."""
-    lines = path.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "scale_factor = 0.3")
-    end = next(i for i, line in enumerate(lines) if line.strip() == "optimizer.zero_grad()")
-    if end <= start:
-        raise SystemExit(f"{path}: the loop body was not found where expected")
-    return textwrap.dedent("\n".join(lines[start:end]))
-
+import published_code  # noqa: E402
 
 def _git_head(path: Path) -> str | None:
     try:
@@ -77,8 +48,7 @@ def _git_head(path: Path) -> str | None:
 def published_step(reference: Path) -> dict:
     from plda.methods import to_reference_state_dict
 
-    torch.Tensor.cuda = lambda self, *a, **k: self  # the published code calls .cuda()
-    nn.Module.cuda = lambda self, *a, **k: self
+    published_code.patch_cuda()  # the published code calls .cuda()
     torch.set_default_dtype(torch.float64)
     sys.path.insert(0, str(reference))
     from models.resnet38_plda import Net  # the published model
@@ -91,19 +61,13 @@ def published_step(reference: Path) -> dict:
     model.train()
     pinned.no_dropout(model)
 
-    namespace = {"torch": torch, "F": F, "nn": nn, "np": __import__("numpy")}
-    for code in _functions(reference / "plda_train.py", LOSS_FUNCTIONS).values():
-        exec(code, namespace)  # noqa: S102 - the published loss functions, unchanged
-    vis = {}
-    vis.update(namespace)
-    exec(_functions(reference / "tool" / "visualization.py", ("max_norm",))["max_norm"], vis)
-    namespace["visualization"] = types.SimpleNamespace(max_norm=vis["max_norm"])
+    namespace = published_code.namespace(reference)
 
     image, label = pinned.pinned_batch()
     p = pinned.PROGRESS
     namespace.update(model=model, pack=(None, image, label),
                      alpha=2.0 / (1.0 + math.exp(-10 * p)) - 1)
-    exec(_loop_body(reference / "plda_train.py"), namespace)  # noqa: S102
+    exec(published_code.loop_body(reference / "plda_train.py"), namespace)  # noqa: S102
     ns = types.SimpleNamespace(**namespace)
     ns.loss.backward()
 

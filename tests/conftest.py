@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PLDA_NO_PROGRESS", "1")
+# Convolution-path choices measured during tests go to a private folder, never to ~/.cache.
+os.environ.setdefault("PLDA_CACHE_DIR", tempfile.mkdtemp(prefix="plda-test-cache-"))
 
 _REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PLDA_SHARED_DATA", _REPO.parent / "shared" / "data"))

@@ -1,6 +1,6 @@
 """The joint-view GEMM convolution equals one F.conv2d per view (outputs and every gradient);
 ResNet-38's lockstep ``forward_views`` equals per-view ``forward``; and it is used only where it
-is meant to be (grad enabled, CPU fp32, small maps, bias-free ungrouped convs)."""
+is meant to be (tests/test_fastpath.py: which path runs, and bf16)."""
 
 from __future__ import annotations
 
@@ -52,30 +52,6 @@ def test_joint_conv_skips_gradients_nobody_needs():
     out = joint_conv2d(conv, [x, y])
     gx, = torch.autograd.grad(sum(o.sum() for o in out), [x])
     torch.testing.assert_close(gx, torch.autograd.grad(conv(x).sum(), [x])[0])
-
-
-def test_joint_conv_is_used_only_where_meant(monkeypatch):
-    calls = []
-    real = joint_conv._JointConv2d.apply
-    monkeypatch.setattr(joint_conv._JointConv2d, "apply",
-                        lambda *a: calls.append(1) or real(*a))
-    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
-    small = [torch.randn(1, 3, 8, 8), torch.randn(1, 3, 3, 3)]
-    joint_conv2d(conv, small)
-    assert len(calls) == 1
-    with torch.no_grad():
-        joint_conv2d(conv, small)  # inference: plain conv
-    joint_conv2d(conv, [torch.randn(1, 3, 17, 17)])  # 289 output pixels > 16 x 16
-    joint_conv2d(nn.Conv2d(3, 4, 3, padding=1), small)  # has a bias
-    joint_conv2d(nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False),
-                 [torch.randn(1, 4, 8, 8)])  # grouped
-    joint_conv2d(conv.double(), [x.double() for x in small])  # not fp32
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        joint_conv2d(conv.float(), small)  # mixed precision
-    assert len(calls) == 1
-    monkeypatch.setattr(joint_conv, "JOINT_CONV", False)  # PLDA_JOINT_CONV=0
-    joint_conv2d(conv.float(), small)
-    assert len(calls) == 1
 
 
 def test_resnet38_lockstep_views_equal_separate_forwards():

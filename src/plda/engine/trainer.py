@@ -39,6 +39,7 @@ from plda.engine.optim import PolyLR, build_optimizer
 from plda.engine.seed import (capture_rng_state, configure_determinism, derive_seed,
                               restore_determinism, restore_rng_state, seed_everything)
 from plda.errors import ConfigError, PldaError, WeightsError
+from plda.models.fastpath import resolve_amp
 from plda.utils.io import atomic_write_json
 from plda.weights.io import state_dict_mismatch
 
@@ -209,7 +210,9 @@ class Trainer:
         self.scheduler = PolyLR(self.optimizer, self.total_steps, cfg.poly_power)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
         self._in_backward = cfg.steps_in_backward(world)
-        self._amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        # bf16 on a CPU without bf16 instructions is slower than fp32: that runs fp32 (warned).
+        self.amp = resolve_amp(cfg.amp, self.device, "train.amp")
+        self._amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         if self.dist.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
 

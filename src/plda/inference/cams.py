@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from plda.engine.memory import is_allocation_failure
 from plda.errors import ConfigError, DataError, PldaError
 from plda.methods.seam import max_norm
+from plda.models.fastpath import resolve_amp
 from plda.utils.dist import get_rank, get_world_size
 from plda.utils.io import check_id, clean_stale_temporaries, safe_join
 from plda.utils.progress import progress_bar
@@ -101,8 +102,11 @@ def _check_amp(amp: str) -> None:
         raise ConfigError(f"amp={amp!r}: expected one of {', '.join(AMP_MODES)}")
 
 
-def _autocast(device: torch.device, amp: str):
+def _autocast(device: torch.device, amp: str, setting: str = "amp"):
+    """Autocast for ``amp``; bf16 on a CPU without bf16 instructions runs fp32 (one warning).
+    One context around all of an image's passes: autocast then casts each weight once."""
     _check_amp(amp)
+    amp = resolve_amp(amp, device, setting)
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -143,6 +147,21 @@ def _summed_cams(model: nn.Module, images: Tensor, scales: Sequence[float], flip
     n, _, height, width = images.shape
     total: Tensor | None = None
     scores: Tensor | None = None
+    with _autocast(images.device, amp):
+        total, scores = _scale_loop(model, images, scales, flip, flip_batch, model_kwargs,
+                                    classes, score_scale, scaled)
+    if total is None:
+        raise ConfigError("scales: expected at least one scale, got none")
+    return total, scores
+
+
+def _scale_loop(model: nn.Module, images: Tensor, scales: Sequence[float], flip: bool,
+                flip_batch: bool, model_kwargs: dict, classes: Tensor | None,
+                score_scale: float | None, scaled: Scaler | None
+                ) -> tuple[Tensor | None, Tensor | None]:
+    n, _, height, width = images.shape
+    total: Tensor | None = None
+    scores: Tensor | None = None
     for scale in scales:
         size = scaled_size(height, width, scale)
         x = resize_image(images, size) if scaled is None else scaled(size)
@@ -154,8 +173,7 @@ def _summed_cams(model: nn.Module, images: Tensor, scales: Sequence[float], flip
             views = [x, x.flip(-1)]
         cams = []
         for view in views:
-            with _autocast(images.device, amp):
-                out = model.cams(view, **model_kwargs)
+            out = model.cams(view, **model_kwargs)
             if score_scale is not None and scale == score_scale and scores is None:
                 scores = class_scores(out)[:n]
             cam = out.cam.float() if classes is None else out.cam[:, classes].float()
@@ -166,8 +184,6 @@ def _summed_cams(model: nn.Module, images: Tensor, scales: Sequence[float], flip
         if flip:
             cam = cam[:n] + cam[n:].flip(-1)
         total = cam if total is None else total + cam
-    if total is None:
-        raise ConfigError("scales: expected at least one scale, got none")
     return total, scores
 
 

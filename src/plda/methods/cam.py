@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from plda.methods.base import CamOutput, StageOneModel
 from plda.methods.config import MethodConfig
 from plda.methods.heads import ClassifierHead
+from plda.models.fastpath import full_precision
 
 
 def classification_loss(scores: Tensor, labels: Tensor) -> Tensor:
@@ -29,12 +30,12 @@ class CAMModel(StageOneModel):
         image, label = self._inputs(batch)
         features = self.backbone(image)[self.backbone.final_level]
         # IRN pools before classifying; for a linear classifier this equals GAP of the CAM.
-        scores = self.classifier(F.adaptive_avg_pool2d(features, 1)).flatten(1)
+        scores = full_precision(self.classifier(F.adaptive_avg_pool2d(features, 1))).flatten(1)
         return self._total({"cls": classification_loss(scores, label)})
 
     @torch.no_grad()
     def cams(self, image: Tensor, chunk_size: int | None = None,
              revised: bool = True) -> CamOutput:
         features = self.backbone(image)[self.backbone.final_level]
-        cam = self.classifier.conv(features)
+        cam = full_precision(self.classifier.conv(features))
         return CamOutput(cam=cam, raw=cam)

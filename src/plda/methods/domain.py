@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plda.methods.heads import conv1x1
+from plda.models.fastpath import full_precision
 
 IGNORE = 255  # domain label of pixels that are neither source nor target
 
@@ -60,7 +61,7 @@ class DomainClassifier(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Domain logits (B, C, 2, h, w): index 0 = source, 1 = target."""
-        logits = self.heads(self.trunk(features))
+        logits = full_precision(self.heads(self.trunk(features)))  # the loss runs in fp32
         return logits.unflatten(1, (self.num_classes, 2))
 
     @staticmethod

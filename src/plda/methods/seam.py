@@ -14,6 +14,7 @@ from plda.methods.base import CamOutput, StageOneModel
 from plda.methods.cam import classification_loss
 from plda.methods.config import MethodConfig
 from plda.methods.heads import ClassifierHead, conv1x1
+from plda.models.fastpath import full_precision
 
 _EPS = 1e-5
 
@@ -56,16 +57,17 @@ def pcm_revise(seed: Tensor, embedding: Tensor, chunk_size: int = 0) -> Tensor:
     L2-normalised embedding. ``chunk_size`` > 0 builds S a block of query columns at a time
     (identical result; each column's normaliser only needs that column)."""
     b, k, h, w = seed.shape
-    g = embedding.flatten(2)
+    # Normalisations in full precision; under bf16 autocast only the two products run in bf16.
+    g = full_precision(embedding).flatten(2)
     g = g / (g.norm(dim=1, keepdim=True) + _EPS)
-    seed = seed.flatten(2)
+    seed = full_precision(seed).flatten(2)
     n = h * w
     step = n if chunk_size <= 0 else chunk_size
     blocks = []
     for start in range(0, n, step):
-        aff = F.relu(g.transpose(1, 2) @ g[:, :, start:start + step])
+        aff = F.relu(full_precision(g.transpose(1, 2) @ g[:, :, start:start + step]))
         aff = aff / (aff.sum(1, keepdim=True) + _EPS)
-        blocks.append(seed @ aff)
+        blocks.append(full_precision(seed @ aff))
     out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, -1)
     return out.view(b, k, h, w)
 
@@ -174,7 +176,7 @@ class SEAMModel(StageOneModel):
         views = []
         for image, levels in zip(images, self.backbone.forward_views(images)):
             features = levels[self.backbone.final_level]
-            raw = self.classifier(features)
+            raw = full_precision(self.classifier(features))  # losses and PCM's seed in fp32
             if self.pcm_grid_level is not None:
                 raw = _resize(raw, levels[self.pcm_grid_level].shape[-2:])
             cam_rv = self.pcm(raw, image, levels[level_a], levels[level_b], chunk)
@@ -222,7 +224,7 @@ class SEAMModel(StageOneModel):
              revised: bool = True) -> CamOutput:
         if not revised:  # the classifier's map on PCM's grid, PCM itself skipped
             levels = self.backbone(image)
-            raw = self.classifier(levels[self.backbone.final_level])
+            raw = full_precision(self.classifier(levels[self.backbone.final_level]))
             if self.pcm_grid_level is not None:
                 raw = _resize(raw, levels[self.pcm_grid_level].shape[-2:])
             return CamOutput(cam=raw[:, 1:], raw=raw)
