@@ -109,14 +109,19 @@ def ours_worker(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_method(MethodConfig(name=args.method), build_backbone(args.backbone), CLASSES)
-    model = model.to(args.device, memory_format=torch.channels_last).eval()
+    model = model.to(args.device).eval()
+    if args.layout == "nhwc":  # what plda cam does
+        model = model.to(memory_format=torch.channels_last)
     image, labels = _inputs(args.size, args.device)
-    flip_batch = args.flip_batch == "on"
+    flip_batch = {"on": True, "off": False, "auto": None}[args.flip_batch]
+    if flip_batch is None:  # what plda cam does: batched on GPUs only
+        flip_batch = not args.device.startswith("cpu")
     amp_run = resolve_amp(args.amp, torch.device(args.device), "--amp")
     row = _timed(lambda: multiscale_cam(model, image, args.scales, True, labels, amp=amp_run,
                                         flip_batch=flip_batch),
                  args.device, args.warmup, args.repeat)
-    row.update(code="ours", amp=args.amp, amp_run=amp_run, flip_batch=flip_batch)
+    row.update(code="ours", amp=args.amp, amp_run=amp_run, flip_batch=flip_batch,
+               layout=args.layout)
     return row
 
 
@@ -151,7 +156,7 @@ def reference_worker(args) -> dict:
         (total - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
 
     row = _timed(run, "cpu", args.warmup, args.repeat)
-    row.update(code="published", amp="none", amp_run="none", flip_batch=False)
+    row.update(code="published", amp="none", amp_run="none", flip_batch=False, layout="nchw")
     return row
 
 
@@ -171,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=_parse_size, default=(500, 375), help="WIDTHxHEIGHT")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--amp", default="none,bf16", help="comma list of none,bf16,fp16")
-    parser.add_argument("--flip-batch", default="on", help="comma list of on,off")
+    parser.add_argument("--flip-batch", default="auto", help="comma list of on,off,auto (what "
+                        "plda cam does: batched on GPUs, not on CPUs)")
+    parser.add_argument("--layout", default="nhwc", help="comma list of nhwc (what plda cam "
+                        "uses), nchw: the weights' memory format")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed images before timing")
     parser.add_argument("--device", default="cpu")
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         if args.worker == "ours":
-            args.amp, args.flip_batch = args.one_amp, args.flip_batch
+            args.amp = args.one_amp
             print(json.dumps(ours_worker(args)))
         else:
             print(json.dumps(reference_worker(args)))
@@ -203,21 +211,25 @@ def main(argv: list[str] | None = None) -> int:
         reference = _run([sys.executable, __file__, "--worker", "reference", "--reference",
                           args.reference, *common], "published code")
     rows = [_run([sys.executable, __file__, "--worker", "ours", "--one-amp", amp,
-                  "--flip-batch", fb, *common], f"amp={amp} flip-batch={fb}")
-            for amp in args.amp.split(",") for fb in args.flip_batch.split(",")]
+                  "--flip-batch", fb, "--layout", layout, *common],
+                 f"amp={amp} flip-batch={fb} layout={layout}")
+            for amp in args.amp.split(",") for layout in args.layout.split(",")
+            for fb in args.flip_batch.split(",")]
     print(f"{dt.date.today()} | torch {torch.__version__} | {platform.machine()}")
     print(describe_cpu() if args.device == "cpu" else f"device: {args.device}")
     print(f"CAM inference: {args.method} on {args.backbone} (random weights), {w}x{h}, scales "
           f"{args.scales} + flip, {args.threads} threads, median of {args.repeat} after "
           f"{args.warmup} warm-up")
     mem = "cuda_peak_mib" if args.device.startswith("cuda") else "peak_rss_mib"
-    header = f"{'code':9s} {'amp':>10s} {'flips batched':>13s} {'s/image':>8s} {'peak MiB':>9s}"
+    header = (f"{'code':9s} {'amp':>10s} {'layout':>6s} {'flips batched':>13s} {'s/image':>8s} "
+              f"{'peak MiB':>9s}")
     if reference:
         header += f" {'time/ref':>8s} {'mem/ref':>8s}"
     print(header)
     for r in ([reference] if reference else []) + rows:
         amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
-        line = (f"{r['code']:9s} {amp:>10s} {'yes' if r['flip_batch'] else 'no':>13s} "
+        line = (f"{r['code']:9s} {amp:>10s} {r['layout']:>6s} "
+                f"{'yes' if r['flip_batch'] else 'no':>13s} "
                 f"{r['seconds_per_image']:8.3f} {r[mem]:9.0f}")
         if reference:
             r["time_ratio"] = r["seconds_per_image"] / reference["seconds_per_image"]

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             result, err, _ = _run_json(
                 [py, str(HERE / "train_step.py"), "--worker", "--method", method, "--amp", amp,
-                 "--device", device, "--conv-path", "auto", "--channels-last", "on",
+                 "--device", device, "--conv-path", "auto", "--channels-last", "auto",
                  "--step-in-backward", "on", "--classes", "20", *shape],
                 min(budget.left(), 240), env, out / f"train_{method}_{amp}.log")
             if result is None:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result, err, _ = _run_json(
             [py, str(HERE / "cam_inference.py"), "--worker", "ours", "--one-amp", amp,
-             "--flip-batch", "on", "--backbone", backbone, "--method", "seam_plda",
+             "--flip-batch", "auto", "--backbone", backbone, "--method", "seam_plda",
              "--size", size, "--repeat", "1" if args.cpu else "5", "--warmup", "1",
              "--device", device, "--threads", str(os.cpu_count() or 1), "--scales", *scales],
             min(budget.left(), 180), env, out / f"cam_{amp}.log")

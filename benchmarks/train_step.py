@@ -15,7 +15,8 @@ the convolution paths on a machine that has not cached them yet).
 Switches: ``--amp`` (``none`` = fp32, ``bf16``, ``fp16``; bf16 on a CPU without bf16
 instructions runs fp32 and the table says so), ``--conv-path`` (``auto``: per layer shape the
 faster of oneDNN and the joint-view GEMM, measured once per machine; or forced), ``--channels-last``
-(the trainer's ``train.channels_last``), ``--step-in-backward``.
+(the trainer's ``train.channels_last``; ``auto`` times both once per machine, as the trainer
+does), ``--step-in-backward``.
 
 ``--reference PATH``: a checkout of the published code; its training loop's body runs unchanged
 (``benchmarks/published_code.py``) in fp32 in its own subprocess, and the table gives each
@@ -70,10 +71,22 @@ def worker(args) -> dict:
     amp_run = resolve_amp(args.amp, device, "--amp")
     backbone = build_backbone(args.backbone, pretrained=None, output_stride=args.output_stride)
     model = build_method(MethodConfig(name=args.method), backbone, args.classes).to(device)
-    channels_last = args.channels_last == "on"
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(args.batch, 3, args.crop, args.crop, generator=g).to(device)
+    label = torch.zeros(args.batch, args.classes, device=device)
+    label[:, :2] = 1.0  # two classes per image so every PLDA term is active
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_run]
+    if args.channels_last == "auto":  # as the trainer decides: measured once per machine
+        from plda.models.fastpath import choose_channels_last
+
+        channels_last = device.type != "cpu" or choose_channels_last(
+            model, {"image": image, "label": label}, dtype, device)
+    else:
+        channels_last = args.channels_last == "on"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.train()
+        image = image.contiguous(memory_format=torch.channels_last)
     total = args.warmup + args.steps
     cfg = TrainConfig(iterations=total, batch_size=args.batch, amp=amp_run,
                       step_in_backward=args.step_in_backward == "on")
@@ -83,14 +96,7 @@ def worker(args) -> dict:
         opt.attach_to_backward()
     scaler = torch.amp.GradScaler(device.type) if amp_run == "fp16" else None
     sched = PolyLR(opt, total, cfg.poly_power)
-    g = torch.Generator().manual_seed(0)
-    image = torch.randn(args.batch, 3, args.crop, args.crop, generator=g).to(device)
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    label = torch.zeros(args.batch, args.classes, device=device)
-    label[:, :2] = 1.0  # two classes per image so every PLDA term is active
     batch = {"image": image, "label": label}
-    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_run]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, losses_seen = [], []
@@ -176,7 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none,bf16", help="comma list of none,bf16,fp16")
     p.add_argument("--conv-path", default="auto", help="comma list of auto,joint,onednn")
-    p.add_argument("--channels-last", default="on", help="comma list of on,off")
+    p.add_argument("--channels-last", default="auto",
+                   help="comma list of on,off,auto (the trainer's default: measured once)")
     p.add_argument("--step-in-backward", default="on",
                    help="comma list of on,off: the trainer's default (on) updates each parameter "
                         "inside backward; off steps after backward as torch.optim does")

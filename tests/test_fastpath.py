@@ -103,22 +103,26 @@ def test_tuner_keeps_the_faster_candidate_and_caches_it(tmp_path):
     def fast():
         calls["fast"] += 1
 
-    assert ConvPathTuner(file, repeats=2).choose("k", {"slow": slow, "fast": fast}) == "fast"
+    assert ConvPathTuner(file, repeats=2).choose("k", lambda: {"slow": slow, "fast": fast}) \
+        == "fast"
     assert calls == {"slow": 3, "fast": 3}  # one warm-up and two timed runs each
     stored = json.loads(file.read_text())
     assert stored["choices"] == {"k": "fast"} and stored["seconds"]["k"]["slow"] >= 0.02
 
     def never():
-        raise AssertionError("a cached choice must not be measured again")
+        raise AssertionError("a cached choice must not be measured (or made) again")
 
     # A new process (a new tuner) reads the file instead of measuring.
-    assert ConvPathTuner(file).choose("k", {"slow": never, "fast": never}) == "fast"
+    assert ConvPathTuner(file).choose("k", never, ("slow", "fast")) == "fast"
+    # A cached name that is not among the candidates any more is measured again.
+    assert ConvPathTuner(file, repeats=1).choose("k", lambda: {"new": lambda: None},
+                                                 ("new",)) == "new"
 
 
 def test_a_damaged_cache_is_measured_again(tmp_path):
     file = tmp_path / "paths.json"
     file.write_text("{not json")
-    assert ConvPathTuner(file, repeats=1).choose("k", {"a": lambda: None}) == "a"
+    assert ConvPathTuner(file, repeats=1).choose("k", lambda: {"a": lambda: None}) == "a"
     assert json.loads(file.read_text())["choices"] == {"k": "a"}
 
 
@@ -268,3 +272,64 @@ def test_bf16_seam_plda_step_against_float64():
         assert abs(terms["loss"] - ref_terms["loss"]) <= total * ref_terms["loss"]
         assert torch.nn.functional.cosine_similarity(grad, ref_grad, dim=0) > cosine
         assert _rel(grad, ref_grad) < rel
+
+
+# ------------------------------------------------------------------ NHWC or NCHW
+
+@pytest.mark.parametrize("cached", ["nhwc", "nchw"])
+def test_trainer_takes_the_measured_layout_and_keeps_the_random_stream(monkeypatch, tmp_path,
+                                                                       cached):
+    """``train.channels_last: auto`` on CPU: a cached verdict is used as is; measuring it (on a
+    copy of the model, dropout drawing from the RNG) leaves the run, weights and metrics,
+    identical to one told the layout outright."""
+    import _toy_training as toy
+
+    layout_file = tmp_path / "layout.json"
+    monkeypatch.setattr(fastpath, "LAYOUT_TUNER", ConvPathTuner(layout_file, repeats=1))
+    seen = {}
+    real = fastpath.choose_channels_last
+
+    def spy(model, batch, amp_dtype, device="cpu", tuner=None):
+        seen["choice"] = real(model, batch, amp_dtype, device, tuner)
+        seen["calls"] = seen.get("calls", 0) + 1
+        return seen["choice"]
+
+    monkeypatch.setattr(fastpath, "choose_channels_last", spy)
+    measured, model_a, _ = toy.run_toy(tmp_path / "a", iterations=3, channels_last="auto")
+    assert seen["calls"] == 1 and layout_file.is_file()
+    told, model_b, _ = toy.run_toy(tmp_path / "b", iterations=3,
+                                   channels_last=seen["choice"])
+    timing = {"wall_time_s", "images_per_s"}
+    assert {k: v for k, v in measured.metrics.items() if k not in timing} == \
+        {k: v for k, v in told.metrics.items() if k not in timing}
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+    # A cached verdict decides without measuring.
+    data = json.loads(layout_file.read_text())
+    key = next(iter(data["choices"]))
+    data["choices"][key] = cached
+    layout_file.write_text(json.dumps(data))
+    monkeypatch.setattr(fastpath, "LAYOUT_TUNER", ConvPathTuner(layout_file, repeats=1))
+    monkeypatch.setattr(fastpath, "choose_channels_last", real)
+    from plda.engine.trainer import Trainer
+
+    made = {}
+    init = Trainer.__init__
+
+    def capture(self, *a, **k):
+        init(self, *a, **k)
+        made["trainer"] = self
+
+    monkeypatch.setattr(Trainer, "__init__", capture)
+    toy.run_toy(tmp_path / "c", iterations=1, channels_last="auto")
+    assert made["trainer"].channels_last is (cached == "nhwc")
+    w = next(made["trainer"].model.parameters())
+    assert w.is_contiguous(memory_format=torch.channels_last) == (cached == "nhwc")
+
+
+def test_channels_last_setting_is_checked():
+    from plda.engine.config import TrainConfig
+    from plda.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.channels_last"):
+        TrainConfig(iterations=1, channels_last="sometimes")

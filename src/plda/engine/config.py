@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import dataclasses
+from typing import Literal
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +62,13 @@ class TrainConfig:
     # update: a single process, grad_accum_steps 1, no fp16 loss scaling, no max_grad_norm;
     # otherwise the usual step after backward runs.
     step_in_backward: bool = True
-    # Keep 4-d weights and activations in NHWC ("channels last") memory order: oneDNN runs
-    # convolutions, depthwise ones above all, 2-3x faster that way on CPUs (and tensor cores
-    # want it on GPUs). Same math; float sums may differ in the last bits from NCHW.
-    channels_last: bool = True
+    # 4-d weights and activations in NHWC ("channels last") memory order, or NCHW. Which is
+    # faster on a CPU depends on the network, the dtype and the CPU (EfficientNet-Lite0's
+    # depthwise convs: NHWC 1.2x faster in fp32; ResNet-38 in bf16: NCHW a little faster), so
+    # "auto" times one step both ways once per machine and setting (plda.models.fastpath) on
+    # CPU, and takes NHWC on GPUs (tensor cores want it). Same math; float sums may differ in
+    # the last bits.
+    channels_last: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +100,9 @@ class TrainConfig:
         if self.momentum >= 1:
             raise ConfigError(f"train.momentum: expected a number in [0, 1), got "
                               f"{self.momentum!r}")
+        if self.channels_last not in (True, False, "auto"):
+            raise ConfigError(f"train.channels_last: expected true, false or auto, got "
+                              f"{self.channels_last!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"train.amp: expected one of {AMP_MODES}, got {self.amp!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

@@ -187,9 +187,13 @@ class Trainer:
                 _log.warning("train.sync_batchnorm ignored on %s: SyncBatchNorm needs CUDA",
                              self.device.type)
         self.model = model.to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.local_batch = cfg.local_batch_size(world)
+        # bf16 on a CPU without bf16 instructions is slower than fp32: that runs fp32 (warned).
+        self.amp = resolve_amp(cfg.amp, self.device, "train.amp")
+        self._amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+        self.channels_last = self._channels_last(dataset, collate_fn)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.sampler = EpochShardSampler(len(dataset), global_batch=cfg.batch_size,
                                          local_batch=self.local_batch, rank=rank, world_size=world,
                                          seed=cfg.seed, drop_last=cfg.drop_last)
@@ -210,9 +214,6 @@ class Trainer:
         self.scheduler = PolyLR(self.optimizer, self.total_steps, cfg.poly_power)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
         self._in_backward = cfg.steps_in_backward(world)
-        # bf16 on a CPU without bf16 instructions is slower than fp32: that runs fp32 (warned).
-        self.amp = resolve_amp(cfg.amp, self.device, "train.amp")
-        self._amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         if self.dist.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -320,13 +321,48 @@ class Trainer:
         metrics = {k: v for k, v in record.items() if isinstance(v, float)}
         return TrainResult(step, total, interrupted, last_ckpt, metrics, wall)
 
+    def _channels_last(self, dataset: Any, collate_fn: Any) -> bool:
+        """``train.channels_last``; ``auto``: NHWC on GPUs, on CPUs the layout that ran one
+        step faster on this machine (measured once on a copy of the model and the first
+        samples, then cached; rank 0 measures and tells the others). ``fit`` seeds the RNG at
+        its start, so a run's random stream does not depend on whether this machine had
+        measured before; the RNG is put back here too, for whoever uses it in between."""
+        setting = self.cfg.channels_last
+        if setting != "auto":
+            return bool(setting)
+        if self.device.type != "cpu":
+            return True
+        choice = None
+        if self.dist.rank == 0:
+            from torch.utils.data import default_collate
+
+            from plda.engine.memory import is_allocation_failure
+            from plda.models.fastpath import choose_channels_last
+
+            state = capture_rng_state(self.device)
+            try:
+                items = [dataset[i] for i in range(min(self.local_batch, len(dataset)))]
+                batch = (collate_fn or default_collate)(items)
+                choice = choose_channels_last(self.model, batch, self._amp_dtype, self.device)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_allocation_failure(exc):
+                    raise
+                _log.warning("train.channels_last=auto: no memory to time both layouts (%s); "
+                             "using NHWC", exc)
+                choice = True
+            finally:
+                restore_rng_state(state, self.device)
+        if self.dist.is_distributed:
+            choice = broadcast_object(choice)
+        return bool(choice)
+
     def _forward_backward(self, batches: Iterator, step: int
                           ) -> tuple[dict[str, float], bool, Any]:
         """All micro-steps of one optimizer step; returns the rank-averaged terms and stop flag."""
         accum = self.cfg.grad_accum_steps
         summed, batch = None, None
         for k in range(accum):
-            batch = _to_device(next(batches), self.device, self.cfg.channels_last)
+            batch = _to_device(next(batches), self.device, self.channels_last)
             sync = self.train_model.no_sync() if self.dist.is_distributed and k < accum - 1 \
                 else contextlib.nullcontext()
             with sync:

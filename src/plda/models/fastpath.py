@@ -14,6 +14,8 @@ Nothing here changes results beyond float rounding; it only picks between equiva
   (``PLDA_CACHE_DIR``, else ``$XDG_CACHE_HOME/plda``, else ``~/.cache/plda``). ``PLDA_CONV_PATH``
   = ``auto`` (default), ``joint`` or ``onednn`` forces a path; the older ``PLDA_JOINT_CONV=0``
   still means ``onednn``.
+* :func:`choose_channels_last` times one training forward + backward of the model in NHWC and
+  in NCHW, once per machine and setting (``train.channels_last: auto``, the default, on CPU).
 """
 
 from __future__ import annotations
@@ -161,7 +163,8 @@ class ConvPathTuner:
         self._announced = False
 
     def _file(self) -> Path:
-        return self.path if self.path is not None else cache_dir() / f"conv_paths-{machine_id()}.json"
+        return self.path if self.path is not None else \
+            cache_dir() / f"conv_paths-{machine_id()}.json"
 
     def _load(self) -> dict[str, str]:
         if self._choices is None:
@@ -191,13 +194,17 @@ class ConvPathTuner:
         except OSError as exc:  # a read-only home: the choice still holds for this process
             _log.debug("conv path cache %s not written: %s", file, exc)
 
-    def choose(self, key: str, candidates: dict[str, Callable[[], None]]) -> str:
-        """The name of the fastest candidate for ``key``: the cached choice, else measured now
-        (each candidate run once to warm up, then ``repeats`` times; the minimum counts)."""
+    def choose(self, key: str, candidates: Callable[[], dict[str, Callable[[], None]]],
+               names: tuple[str, ...] | None = None) -> str:
+        """The name of the fastest candidate for ``key``: the cached choice (one of ``names``
+        when given), else measured now. ``candidates()`` makes the runnable candidates; it is
+        called only to measure (making them can cost more than running the choice). Each
+        candidate runs once to warm up, then ``repeats`` times; the minimum counts."""
         with self._lock:
             choices = self._load()
-            if key in choices and choices[key] in candidates:
+            if key in choices and (names is None or choices[key] in names):
                 return choices[key]
+            candidates = candidates()
             if not self._announced:
                 self._announced = True
                 _log.info("measuring the faster convolution path for each new layer shape on "
@@ -222,3 +229,63 @@ class ConvPathTuner:
 
 
 TUNER = ConvPathTuner()
+
+
+def _batch_to(obj, device: torch.device, channels_last: bool):
+    if isinstance(obj, Tensor):
+        if channels_last and obj.dim() == 4 and obj.is_floating_point():
+            return obj.to(device, memory_format=torch.channels_last)
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _batch_to(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_batch_to(v, device, channels_last) for v in obj)
+    return obj
+
+
+def _shapes(obj) -> str:
+    if isinstance(obj, Tensor):
+        return "x".join(map(str, obj.shape))
+    if isinstance(obj, dict):
+        return ",".join(f"{k}:{_shapes(v)}" for k, v in sorted(obj.items()) if _shapes(v))
+    return ""
+
+
+def choose_channels_last(model: torch.nn.Module, batch, amp_dtype: torch.dtype | None,
+                         device: torch.device | str = "cpu", tuner: ConvPathTuner | None = None
+                         ) -> bool:
+    """Whether training ``model`` runs faster with NHWC ("channels last") weights and images
+    than with NCHW on this machine: one forward (``model(batch, 0.0)["loss"]``) and backward of
+    a copy of the model in each layout, timed once per (model, backbone, batch shapes, dtype,
+    threads) and cached like the convolution paths. The model itself is not touched; the caller
+    keeps the RNG (dropout draws in the probe) as it needs it."""
+    import copy
+
+    device = torch.device(device)
+    backbone = getattr(model, "backbone", None)
+    key = (f"layout|{type(model).__name__}|{type(backbone).__name__ if backbone is not None else '-'}"
+           f"|{str(amp_dtype).replace('torch.', '') if amp_dtype else 'float32'}|{_shapes(batch)}"
+           f"|t{torch.get_num_threads()}").replace(" ", "")
+
+    def candidates() -> dict[str, Callable[[], None]]:
+        copies = {}
+
+        def run(layout: str) -> None:
+            if layout not in copies:
+                fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+                copies[layout] = (copy.deepcopy(model).to(device, memory_format=fmt),
+                                  _batch_to(batch, device, layout == "nhwc"))
+            net, data = copies[layout]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = net(data, 0.0)["loss"]
+            loss.float().backward()
+            net.zero_grad(set_to_none=True)
+
+        return {"nhwc": lambda: run("nhwc"), "nchw": lambda: run("nchw")}
+
+    tuner = tuner if tuner is not None else LAYOUT_TUNER
+    return tuner.choose(key, candidates, ("nhwc", "nchw")) == "nhwc"
+
+
+# Whole training steps are long: one timed run per layout after the warm-up.
+LAYOUT_TUNER = ConvPathTuner(repeats=1)

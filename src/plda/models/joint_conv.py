@@ -169,6 +169,9 @@ def _path_key(conv: nn.Conv2d, inputs: Sequence[Tensor], dtype: torch.dtype) -> 
             f"|t{torch.get_num_threads()}").replace(" ", "")
 
 
+_PATHS = ("onednn", "joint")
+
+
 def _candidates(conv: nn.Conv2d, inputs: Sequence[Tensor], geometry: ConvGeometry,
                 dtype: torch.dtype) -> dict:
     """Forward + backward of each path on random tensors of this call's shapes."""
@@ -203,7 +206,7 @@ def joint_conv2d(conv: nn.Conv2d, inputs: Sequence[Tensor]) -> list[Tensor]:
         return [conv(x) for x in inputs]
     if mode == "auto":
         choice = TUNER.choose(_path_key(conv, inputs, dtype),
-                              _candidates(conv, inputs, geometry, dtype))
+                              lambda: _candidates(conv, inputs, geometry, dtype), _PATHS)
         if choice == "onednn":
             return [conv(x) for x in inputs]
     return _joint(conv, inputs, geometry, dtype)
