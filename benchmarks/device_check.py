@@ -122,10 +122,13 @@ def ddp_probe(device_name: str) -> dict:
     t0 = time.perf_counter()
     tdist.init_process_group(backend=backend, rank=rank, world_size=world,
                              **({"device_id": device} if cuda else {}))
+    from plda.engine.distributed import is_initialized
+
     value = torch.full((4,), float(rank + 1), device=device)
-    reduced = all_reduce_sum(value.clone())
+    reduced = all_reduce_sum(value.clone())  # through the group: is_initialized() must hold
     expected = world * (world + 1) / 2
-    reduce_ok = bool(torch.allclose(reduced, torch.full_like(reduced, expected)))
+    reduce_ok = is_initialized() and bool(torch.allclose(reduced,
+                                                         torch.full_like(reduced, expected)))
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1)).to(device)
     plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1)).to(device)

@@ -119,6 +119,18 @@ def test_tuner_keeps_the_faster_candidate_and_caches_it(tmp_path):
                                                  ("new",)) == "new"
 
 
+def test_a_choice_another_process_stored_meanwhile_is_used(tmp_path):
+    file = tmp_path / "paths.json"
+    mine = ConvPathTuner(file, repeats=1)
+    assert mine.choose("a", lambda: {"x": lambda: None}) == "x"  # file read and written
+    ConvPathTuner(file, repeats=1).choose("b", lambda: {"y": lambda: None})  # "another process"
+
+    def never():
+        raise AssertionError("measured although the file had the verdict")
+
+    assert mine.choose("b", never, ("y", "z")) == "y"
+
+
 def test_a_damaged_cache_is_measured_again(tmp_path):
     file = tmp_path / "paths.json"
     file.write_text("{not json")

@@ -202,6 +202,11 @@ class ConvPathTuner:
         candidate runs once to warm up, then ``repeats`` times; the minimum counts."""
         with self._lock:
             choices = self._load()
+            if not (key in choices and (names is None or choices[key] in names)):
+                # Another process (a run being resumed, a DDP rank) may have measured it since
+                # this one read the file: its verdict keeps the two runs' arithmetic identical.
+                self._choices = None
+                choices = self._load()
             if key in choices and (names is None or choices[key] in names):
                 return choices[key]
             candidates = candidates()
