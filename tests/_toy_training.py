@@ -114,7 +114,8 @@ def run_toy(run_dir: Path, *, iterations: int = 12, batch_size: int = 4, accum: 
     dataset = ToyDataset(n, seed)
     cfg = TrainConfig(iterations=iterations, batch_size=batch_size, grad_accum_steps=accum,
                       seed=seed, num_workers=num_workers, checkpoint_every=checkpoint_every,
-                      log_every=1, amp=amp, deterministic=True, **overrides)
+                      log_every=1, amp=amp,
+                      deterministic=overrides.pop("deterministic", True), **overrides)
     trainer = Trainer(model, dataset, cfg, run_dir, dist=dist, callbacks=callbacks,
                       config_dict={"toy": {"n": n, "dropout": dropout}})
     with single_thread():

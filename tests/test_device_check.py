@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_device_check_runs_every_check_on_the_cpu(tmp_path):
     out = tmp_path / "check"
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--cpu",
-                           "--out", str(out)], capture_output=True, text=True, timeout=1500,
+                           "--out", str(out), "--budget-s", "1200"], capture_output=True,
+                          text=True, timeout=1500,
                           env={**__import__("os").environ, "PYTHON": sys.executable})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = json.loads((out / "device_check.json").read_text())

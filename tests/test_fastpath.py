@@ -307,9 +307,10 @@ def test_trainer_takes_the_measured_layout_and_keeps_the_random_stream(monkeypat
         return seen["choice"]
 
     monkeypatch.setattr(fastpath, "choose_channels_last", spy)
-    measured, model_a, _ = toy.run_toy(tmp_path / "a", iterations=3, channels_last="auto")
+    measured, model_a, _ = toy.run_toy(tmp_path / "a", iterations=3, channels_last="auto",
+                                       deterministic=False)
     assert seen["calls"] == 1 and layout_file.is_file()
-    told, model_b, _ = toy.run_toy(tmp_path / "b", iterations=3,
+    told, model_b, _ = toy.run_toy(tmp_path / "b", iterations=3, deterministic=False,
                                    channels_last=seen["choice"])
     timing = {"wall_time_s", "images_per_s"}
     assert {k: v for k, v in measured.metrics.items() if k not in timing} == \
@@ -333,10 +334,20 @@ def test_trainer_takes_the_measured_layout_and_keeps_the_random_stream(monkeypat
         made["trainer"] = self
 
     monkeypatch.setattr(Trainer, "__init__", capture)
-    toy.run_toy(tmp_path / "c", iterations=1, channels_last="auto")
+    toy.run_toy(tmp_path / "c", iterations=1, channels_last="auto", deterministic=False)
     assert made["trainer"].channels_last is (cached == "nhwc")
     w = next(made["trainer"].model.parameters())
     assert w.is_contiguous(memory_format=torch.channels_last) == (cached == "nhwc")
+    # A resumed run keeps the layout it started with, whatever the cache says now.
+    data["choices"][key] = "nhwc" if cached == "nchw" else "nchw"
+    layout_file.write_text(json.dumps(data))
+    monkeypatch.setattr(fastpath, "LAYOUT_TUNER", ConvPathTuner(layout_file, repeats=1))
+    toy.run_toy(tmp_path / "c", iterations=1, channels_last="auto", deterministic=False,
+                resume=True)
+    assert made["trainer"].channels_last is (cached == "nhwc")
+    # Deterministic runs never let a timing choose their arithmetic: NHWC.
+    toy.run_toy(tmp_path / "d", iterations=1, channels_last="auto")
+    assert made["trainer"].channels_last is True
 
 
 def test_channels_last_setting_is_checked():

@@ -131,17 +131,21 @@ def test_multiscale_cam_equals_naive_loop(flip):
 
 def test_flip_pairs_go_as_one_batch_at_reference_rounded_sizes():
     model = FakeCamModel()
-    multiscale_cam(model, torch.randn(3, 25, 35), (0.5, 1.0, 1.5), True, chunk_size=7)
+    multiscale_cam(model, torch.randn(3, 25, 35), (0.5, 1.0, 1.5), True, chunk_size=7,
+                   flip_batch=True)
     # round() is half-to-even, as SEAM's VOC12ClsDatasetMSF: 12.5 -> 12, 17.5 -> 18, 37.5 -> 38.
     assert [shape for shape, _ in model.calls] == [(2, 3, 12, 18), (2, 3, 25, 35), (2, 3, 38, 52)]
     assert all(kwargs == {"chunk_size": 7} for _, kwargs in model.calls)
+    model.calls.clear()  # on a CPU the default is one pass per flip (faster and lighter there)
+    multiscale_cam(model, torch.randn(3, 25, 35), (0.5, 1.0), True)
+    assert [shape for shape, _ in model.calls] == [(1, 3, 12, 18)] * 2 + [(1, 3, 25, 35)] * 2
     assert scaled_size(25, 35, 0.5) == (12, 18)
 
 
 def test_flip_batch_off_matches_and_without_labels_keeps_all_classes():
     model = FakeCamModel(seed=3)
     image = torch.randn(3, 20, 28)
-    batched = multiscale_cam(model, image, (0.5, 1.0), True)
+    batched = multiscale_cam(model, image, (0.5, 1.0), True, flip_batch=True)
     model.calls.clear()
     separate = multiscale_cam(model, image, (0.5, 1.0), True, flip_batch=False)
     assert [shape[0] for shape, _ in model.calls] == [1, 1, 1, 1]
@@ -406,13 +410,13 @@ def test_reference_resize_feeds_pil_bicubic_of_the_uint8_image(tmp_path):
                resize="reference")
     image = layout.load_image(layout.ids("train")[0])
     transform = EvalTransform()
-    assert len(model.inputs) == len(scales)  # one batch (image + flip) per scale
-    for scale, seen in zip(scales, model.inputs):
+    assert len(model.inputs) == 2 * len(scales)  # on a CPU: the image, then its flip
+    for scale, seen, flipped in zip(scales, model.inputs[::2], model.inputs[1::2]):
         h, w = scaled_size(25, 35, scale)
         expected = transform(image if scale == 1.0 else image.resize((w, h), Image.BICUBIC))
-        assert torch.equal(seen[0], expected) and torch.equal(seen[1], expected.flip(-1))
+        assert torch.equal(seen[0], expected) and torch.equal(flipped[0], expected.flip(-1))
     # The file is the multi-scale CAM of exactly those inputs.
-    inputs = {tuple(x.shape[-2:]): x[:1] for x in model.inputs}
+    inputs = {tuple(x.shape[-2:]): x[:1] for x in model.inputs[::2]}  # unflipped passes
     again = multiscale_cam(model, transform(image), scales, True, torch.tensor([1.0, 0.0, 1.0]),
                            scaled=lambda size: inputs[tuple(size)])
     np.testing.assert_allclose(load_cams(tmp_path / "cams" / "img_000.npz").cams,

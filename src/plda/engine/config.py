@@ -66,7 +66,8 @@ class TrainConfig:
     # faster on a CPU depends on the network, the dtype and the CPU (EfficientNet-Lite0's
     # depthwise convs: NHWC 1.2x faster in fp32; ResNet-38 in bf16: NCHW a little faster), so
     # "auto" times one step both ways once per machine and setting (plda.models.fastpath) on
-    # CPU, and takes NHWC on GPUs (tensor cores want it). Same math; float sums may differ in
+    # CPU (a resumed run keeps its first choice; deterministic runs take NHWC), and takes NHWC
+    # on GPUs (tensor cores want it). Same math; float sums may differ in
     # the last bits.
     channels_last: bool | Literal["auto"] = "auto"
 

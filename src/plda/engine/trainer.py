@@ -17,6 +17,7 @@ interrupted and resumed run ends with bit-identical weights.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -240,7 +241,8 @@ class Trainer:
             start_step, wall_before, last_ckpt = self._restore(resume)
             if self.dist.is_main:
                 atomic_write_json(self.run_dir / "train_config.json",
-                                  {"train": self.cfg.to_dict(), "config": self.config_dict})
+                                  {"train": self.cfg.to_dict(), "config": self.config_dict,
+                                   "channels_last_resolved": self.channels_last})
             logger = TrainLogger(self.run_dir, enabled=self.dist.is_main,
                                  total_steps=self.total_steps, start_step=start_step)
             try:
@@ -330,10 +332,20 @@ class Trainer:
         setting = self.cfg.channels_last
         if setting != "auto":
             return bool(setting)
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" or self.cfg.deterministic:
+            # train.deterministic promises the same bits from every process on this machine; a
+            # timing must not choose its arithmetic: NHWC, as before this setting existed.
             return True
         choice = None
-        if self.dist.rank == 0:
+        settled = self.run_dir / "train_config.json"
+        if self.dist.rank == 0 and settled.is_file():
+            # A resumed (or re-run) run keeps the layout it started with, whatever this
+            # process would measure: the same arithmetic, bit for bit.
+            try:
+                choice = json.loads(settled.read_text()).get("channels_last_resolved")
+            except (OSError, ValueError, AttributeError):
+                choice = None
+        if self.dist.rank == 0 and not isinstance(choice, bool):
             from torch.utils.data import default_collate
 
             from plda.engine.memory import is_allocation_failure
