@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import published_code  # noqa: E402  (this folder's helper)
 CLASSES = 20
 
 
@@ -129,9 +131,6 @@ def reference_worker(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(HERE))
-    import published_code
-
     torch.set_num_threads(args.threads)
     model = published_code.cam_model(Path(args.reference).resolve())
     image, labels = _inputs(args.size, "cpu")
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'code':9s} {'amp':>10s} {'layout':>6s} {'flips batched':>13s} {'s/image':>8s} "
               f"{'peak MiB':>9s}")
     if reference:
-        header += f" {'time/ref':>8s} {'mem/ref':>8s}"
+        header += published_code.RATIO_HEADER
     print(header)
     for r in ([reference] if reference else []) + rows:
         amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
@@ -232,9 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'yes' if r['flip_batch'] else 'no':>13s} "
                 f"{r['seconds_per_image']:8.3f} {r[mem]:9.0f}")
         if reference:
-            r["time_ratio"] = r["seconds_per_image"] / reference["seconds_per_image"]
-            r["memory_ratio"] = r["peak_rss_mib"] / reference["peak_rss_mib"]
-            line += f" {r['time_ratio']:8.2f} {r['memory_ratio']:8.2f}"
+            line += published_code.ratio_cells(r, reference, "seconds_per_image",
+                                               "peak_rss_mib")
         print(line)
     if args.json:
         from plda.utils.io import atomic_write_json

@@ -135,3 +135,14 @@ def cam_model(reference: Path):
     model = Net(0.6)
     model.eval()  # the published ``train()`` override returns None: no chaining
     return model
+
+
+RATIO_HEADER = f" {'time/ref':>8s} {'mem/ref':>8s}"
+
+
+def ratio_cells(row: dict, reference: dict, time_key: str, memory_key: str) -> str:
+    """Store ``row``'s time and memory as ratios to the published ``reference`` row
+    (``time_ratio``, ``memory_ratio``) and return them as table cells under RATIO_HEADER."""
+    row["time_ratio"] = row[time_key] / reference[time_key]
+    row["memory_ratio"] = row[memory_key] / reference[memory_key]
+    return f" {row['time_ratio']:8.2f} {row['memory_ratio']:8.2f}"

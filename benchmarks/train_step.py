@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import published_code  # noqa: E402  (this folder's helper)
 
 
 def _peak_mb(device) -> float:
@@ -133,9 +135,6 @@ def worker(args) -> dict:
 
 def reference_worker(args) -> dict:
     import torch
-
-    sys.path.insert(0, str(HERE))
-    import published_code
 
     torch.set_num_threads(args.threads)
     step = published_code.training_step(Path(args.reference).resolve(), args.batch, args.crop,
@@ -236,7 +235,7 @@ def main(argv=None) -> int:
     header = (f"{'code':9s} {'amp':>10s} {'conv path':>9s} {'NHWC':>4s} {'step in bwd':>11s} "
               f"{'s/step':>7s} {'min':>6s} {'peak MB':>8s}")
     if reference:
-        header += f" {'time/ref':>8s} {'mem/ref':>8s}"
+        header += published_code.RATIO_HEADER
     print(header)
     for r in ([reference] if reference else []) + rows:
         amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
@@ -245,9 +244,8 @@ def main(argv=None) -> int:
                 f"{'yes' if r['step_in_backward'] else 'no':>11s} {r['seconds_per_step']:7.2f} "
                 f"{r['seconds_min']:6.2f} {r['peak_memory_mb']:8.0f}")
         if reference:
-            r["time_ratio"] = r["seconds_per_step"] / reference["seconds_per_step"]
-            r["memory_ratio"] = r["peak_memory_mb"] / reference["peak_memory_mb"]
-            line += f" {r['time_ratio']:8.2f} {r['memory_ratio']:8.2f}"
+            line += published_code.ratio_cells(r, reference, "seconds_per_step",
+                                               "peak_memory_mb")
         print(line)
     if args.json:
         sys.path.insert(0, str(HERE.parent / "src"))

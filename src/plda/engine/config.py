@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 
 import dataclasses
-from typing import Literal
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from plda.errors import ConfigError
 

@@ -40,7 +40,7 @@ from plda.engine.optim import PolyLR, build_optimizer
 from plda.engine.seed import (capture_rng_state, configure_determinism, derive_seed,
                               restore_determinism, restore_rng_state, seed_everything)
 from plda.errors import ConfigError, PldaError, WeightsError
-from plda.models.fastpath import resolve_amp
+from plda.models.fastpath import batch_to_device, resolve_amp
 from plda.utils.io import atomic_write_json
 from plda.weights.io import state_dict_mismatch
 
@@ -129,20 +129,6 @@ def _worker_init(_: int) -> None:
     # The main process handles SIGINT/SIGTERM (checkpoint, then stop); workers must survive them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """Tensors of a batch on ``device``; with ``channels_last``, 4-d float tensors (images)
-    in NHWC order to match the weights."""
-    if isinstance(obj, torch.Tensor):
-        if channels_last and obj.dim() == 4 and obj.is_floating_point():
-            return obj.to(device, memory_format=torch.channels_last, non_blocking=True)
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device, channels_last) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_device(v, device, channels_last) for v in obj]
-    return obj
 
 
 @dataclass
@@ -374,7 +360,7 @@ class Trainer:
         accum = self.cfg.grad_accum_steps
         summed, batch = None, None
         for k in range(accum):
-            batch = _to_device(next(batches), self.device, self.channels_last)
+            batch = batch_to_device(next(batches), self.device, self.channels_last)
             sync = self.train_model.no_sync() if self.dist.is_distributed and k < accum - 1 \
                 else contextlib.nullcontext()
             with sync:

@@ -144,9 +144,6 @@ def _summed_cams(model: nn.Module, images: Tensor, scales: Sequence[float], flip
     unflipped pass at ``score_scale`` (``None``: no scores). ``classes`` (indices) restricts the
     sum to those CAM channels, in that order: upsampling only them saves time and memory.
     ``scaled`` makes each scale's input (one image); ``None`` resizes ``images``."""
-    n, _, height, width = images.shape
-    total: Tensor | None = None
-    scores: Tensor | None = None
     if flip_batch is None:
         flip_batch = images.device.type != "cpu"
     with _autocast(images.device, amp):

@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -236,15 +237,17 @@ class ConvPathTuner:
 TUNER = ConvPathTuner()
 
 
-def _batch_to(obj, device: torch.device, channels_last: bool):
+def batch_to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Tensors of a batch on ``device``; with ``channels_last``, 4-d float tensors (images)
+    in NHWC order to match the weights."""
     if isinstance(obj, Tensor):
         if channels_last and obj.dim() == 4 and obj.is_floating_point():
-            return obj.to(device, memory_format=torch.channels_last)
-        return obj.to(device)
+            return obj.to(device, memory_format=torch.channels_last, non_blocking=True)
+        return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
-        return {k: _batch_to(v, device, channels_last) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_batch_to(v, device, channels_last) for v in obj)
+        return {k: batch_to_device(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [batch_to_device(v, device, channels_last) for v in obj]
     return obj
 
 
@@ -279,7 +282,7 @@ def choose_channels_last(model: torch.nn.Module, batch, amp_dtype: torch.dtype |
             if layout not in copies:
                 fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
                 copies[layout] = (copy.deepcopy(model).to(device, memory_format=fmt),
-                                  _batch_to(batch, device, layout == "nhwc"))
+                                  batch_to_device(batch, device, layout == "nhwc"))
             net, data = copies[layout]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = net(data, 0.0)["loss"]
