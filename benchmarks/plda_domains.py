@@ -5,9 +5,10 @@
 PLDA aligns, per class c, the features of its source S_c (pixels whose min-max normalised
 revised CAM exceeds tau) with those of its target T_c (the same rule on the image with every
 source pixel erased, minus S_c): the method assumes T_c is the object's non-discriminative part.
-For each finished SEAM or SEAM+PLDA run (a ``plda run`` folder with ``stage1.safetensors``) this
-recomputes S_c and T_c exactly as training does (``plda.methods.domain``: ``mask_assign``,
-``erase``, the erased pass with dropout off) on the first N images of the training split, resized
+For each finished stage-1 run (a ``plda run`` folder with ``stage1.safetensors``: CAM, SEAM or
+either with PLDA) this recomputes S_c and T_c exactly as training does (``PLDA.domains``:
+``mask_assign`` on the map PLDA reads, ``erase``, the erased pass with dropout off) and CPS's
+pseudo labels inside them on the first N images of the training split, resized
 so the long side is ``--long-side`` px (training crops at 224 from long sides of 224-384), and
 scores them on the CAM grid against the ground-truth mask (nearest-resized):
 
@@ -15,10 +16,12 @@ scores them on the CAM grid against the ground-truth mask (nearest-resized):
 - T in bg: the fraction of T_c on background — the part of the target that is not an object;
 - |S|, |T|: pixels per (image, present class) as a fraction of the grid;
 - c covered: the fraction of class c's ground-truth pixels inside S_c or T_c;
-- c, % grid: class c's share of the grid — the precision a mask placed at random would have.
+- c, % grid: class c's share of the grid — the precision a mask placed at random would have;
+- CPS S in c / CPS T in c: the fraction of CPS's pseudo labels for c inside S_c (from the image)
+  / inside T_c (from the erased image) that are class c (its label accuracy).
 
-Pixel-weighted over every (image, present class) pair. A SEAM run (no domain head) shows what
-PLDA would be given by SEAM's CAMs.
+Pixel-weighted over every (image, present class) pair. A baseline run (no PLDA layers) shows
+what PLDA would be given by its maps, with the run's ``method.plda`` / ``cps`` settings.
 """
 
 from __future__ import annotations
@@ -31,32 +34,55 @@ from pathlib import Path
 import numpy as np
 
 
-def domain_masks(model, image, label, tau: float, near: int = 0):
-    """(source, target) bool (B, C, h, w) of a SEAM-family model on a normalised image batch,
-    as PLDA's training computes them (target excludes source); ``near``: the run's
-    ``method.plda.target_near`` rule, only target pixels within that many grid cells of the
-    class's source."""
+def plda_part(model, cfg):
+    """The model's PLDA component, or (a baseline run) one built from the run's settings, to
+    show what PLDA would be given by the baseline's maps."""
+    if hasattr(model, "plda"):
+        return model.plda
+    from plda.methods.plda import PLDA
+
+    backbone = model.backbone
+    return PLDA(cfg.method, backbone.channels[backbone.final_level], model.num_classes,
+                backbone.input_mean, backbone.input_std)
+
+
+def domain_masks(model, plda, image, label):
+    """(source, target, CPS pseudo labels) of a stage-1 model on a normalised image batch, as
+    PLDA's training computes them (target excludes source; the run's ``target_near`` rule and
+    tau from ``plda``): pseudo labels (B, C, h, w) bool, the source image's inside S followed by
+    the erased image's inside T, as CPS trains on them."""
     import torch
 
-    from plda.methods.domain import erase, mask_assign, near_source
-    from plda.methods.seam_plda import dropout_disabled
+    from plda.methods.cps import cps_targets
+    from plda.methods.plda import dropout_disabled
 
     with torch.no_grad(), dropout_disabled(model):
-        view = model.run_view(image)
-        source = mask_assign(view.cam_rv, label, tau)
-        second = model.run_view(erase(image, source))
-        target = near_source(mask_assign(second.cam_rv, label, tau), source, near) & ~source
-    return source, target
+        view = model.run_views([image])[0]
+        source, target, erased, second = plda.domains(model, image, view, label)
+        restricted, _ = cps_targets(
+            torch.cat([view.raw, second.raw]),
+            torch.cat([image, erased]) * plda._pixel_std + plda._pixel_mean,
+            label.repeat(2, 1), torch.cat([source, target]), plda.pamr, plda.cps_cfg)
+    cps_source, cps_target = restricted[:, 1:].chunk(2)
+    return source, target & ~source, cps_source, cps_target
 
 
-def score_domains(source: np.ndarray, target: np.ndarray, gt: np.ndarray, classes) -> dict:
+def score_domains(source: np.ndarray, target: np.ndarray, gt: np.ndarray, classes,
+                  cps_source: np.ndarray | None = None, cps_target: np.ndarray | None = None
+                  ) -> dict:
     """Pixel counts of one image on the CAM grid: ``source``/``target`` (C, h, w) bool, ``gt``
     (h, w) label map (255 ignored), ``classes`` the present foreground class indices (0-based
-    into the C channels; label value = index + 1)."""
+    into the C channels; label value = index + 1); optionally CPS's pseudo labels in S and T
+    (C, h, w) bool."""
     keep = gt != 255
-    counts = dict.fromkeys(("s", "s_in", "t", "t_in", "t_bg", "gt", "covered", "pairs"), 0)
+    counts = dict.fromkeys(("s", "s_in", "t", "t_in", "t_bg", "gt", "covered", "pairs",
+                            "cps_s", "cps_s_in", "cps_t", "cps_t_in"), 0)
     for c in classes:
         s, t, obj = source[c] & keep, target[c] & keep, gt == c + 1
+        if cps_source is not None:
+            for name, pseudo in (("cps_s", cps_source[c] & keep), ("cps_t", cps_target[c] & keep)):
+                counts[name] += int(pseudo.sum())
+                counts[name + "_in"] += int((pseudo & obj).sum())
         counts["s"] += int(s.sum())
         counts["s_in"] += int((s & obj).sum())
         counts["t"] += int(t.sum())
@@ -79,13 +105,15 @@ def run_domains(run: Path, images: int, long_side: int, tau: float | None,
     from plda.pipeline.common import load_layout, load_stage1_model
 
     cfg = load_run_folder_config(run)
-    if cfg.method.name not in ("seam", "seam_plda"):
-        raise SystemExit(f"{run}: method {cfg.method.name!r} has no revised CAM; expected a "
-                         "seam or seam_plda run")
-    tau = cfg.method.plda.tau if tau is None else tau
-    near = cfg.method.plda.target_near if near is None else near
+    if tau is not None:
+        cfg.method.plda.tau = tau
+    if near is not None:
+        cfg.method.plda.target_near = near
+    tau, near = cfg.method.plda.tau, cfg.method.plda.target_near
     layout = load_layout(cfg)
     model = load_stage1_model(cfg, layout.num_classes, run / "stage1.safetensors")
+    plda = plda_part(model, cfg)
+    plda.cfg.tau, plda.cfg.target_near = tau, near
     transform = EvalTransform(tuple(model.backbone.input_mean), tuple(model.backbone.input_std))
     ids = layout.ids(cfg.data.train_split)[:images]
     total: dict[str, int] = {}
@@ -97,11 +125,12 @@ def run_domains(run: Path, images: int, long_side: int, tau: float | None,
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
         label = torch.tensor(layout.labels(image_id), dtype=torch.float32)[None]
-        source, target = domain_masks(model, x, label, tau, near)
+        source, target, cps_s, cps_t = domain_masks(model, plda, x, label)
         grid = source.shape[-2:]
         gt = F.interpolate(mask[None, None].float(), size=grid, mode="nearest")[0, 0]
         classes = torch.nonzero(label[0]).flatten().tolist()
-        counts = score_domains(source[0].numpy(), target[0].numpy(), gt.long().numpy(), classes)
+        counts = score_domains(source[0].numpy(), target[0].numpy(), gt.long().numpy(), classes,
+                               cps_s[0].numpy(), cps_t[0].numpy())
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
         if (i + 1) % 50 == 0 or i + 1 == len(ids):
@@ -115,6 +144,17 @@ def run_domains(run: Path, images: int, long_side: int, tau: float | None,
 
 def _ratio(a: int, b: int) -> float:
     return 100.0 * a / b if b else float("nan")
+
+
+PURITY = {"S in c": ("s_in", "s"), "T in c": ("t_in", "t"), "T in bg": ("t_bg", "t"),
+          "S, % grid": ("s", "grid"), "T, % grid": ("t", "grid"), "c covered": ("covered", "gt"),
+          "c, % grid": ("gt", "grid"), "CPS S in c": ("cps_s_in", "cps_s"),
+          "CPS T in c": ("cps_t_in", "cps_t")}
+
+
+def purity(row: dict) -> dict[str, float]:
+    """The percentages of the table (module doc) from one :func:`run_domains` row."""
+    return {name: _ratio(row[a], row[b]) for name, (a, b) in PURITY.items()}
 
 
 def main(argv=None) -> int:
@@ -134,15 +174,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = [run_domains(run, args.images, args.long_side, args.tau, args.near)
             for run in args.runs]
-    print(f"| run | method | seed | tau | near | S in c | T in c | T in bg | S, % grid | T, % grid "
-          f"| c covered | c, % grid |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | method | seed | tau | near | " + " | ".join(PURITY) + " |")
+    print("|---" * (5 + len(PURITY)) + "|")
     for r in rows:
-        print(f"| {r['run']} | {r['method']} | {r['seed']} | {r['tau']:.2f} | {r['near']} "
-              f"| {_ratio(r['s_in'], r['s']):.1f} | {_ratio(r['t_in'], r['t']):.1f} "
-              f"| {_ratio(r['t_bg'], r['t']):.1f} | {_ratio(r['s'], r['grid']):.1f} "
-              f"| {_ratio(r['t'], r['grid']):.1f} | {_ratio(r['covered'], r['gt']):.1f} "
-              f"| {_ratio(r['gt'], r['grid']):.1f} |")
+        print(f"| {r['run']} | {r['method']} | {r['seed']} | {r['tau']:.2f} | {r['near']} | "
+              + " | ".join(f"{v:.1f}" for v in purity(r).values()) + " |")
     print(f"{args.images} training images per run at long side {args.long_side}; pixel-weighted "
           "over (image, present class) pairs, on the CAM grid.")
     return 0

@@ -136,3 +136,42 @@ def our_step(model: nn.Module | None = None) -> dict:
         "stats": {k: out[f"stat/{k}"].item() for k in ("source_fraction", "target_fraction")},
         "grad_norms": {k: v.norm().item() for k, v in sorted(named.items())},
     }
+
+
+DEFAULT_FIXTURE = "default_step.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tests/_reference_step.py --write-default``: write our default mode's (not
+    reference mode's) terms, stats and gradient norms on the pinned weights and batch to
+    ``tests/data/default_step.json``, with the commit that computed them. The file pins the
+    default step against refactors of the methods: ``tests/test_reference_step.py`` recomputes
+    it and asks for equality to float64 rounding."""
+    import argparse
+    import json
+    import subprocess
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--write-default", action="store_true", required=True)
+    p.parse_args(argv)
+    here = Path(__file__).resolve().parent
+    commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--",
+                                 "../src"], capture_output=True, text=True).stdout.strip())
+    record = our_step(pinned_model(reference=False))
+    record["produced_by"] = {"commit": commit, "src_modified": dirty,
+                             "torch": torch.__version__,
+                             "command": "python tests/_reference_step.py --write-default"}
+    path = here / "data" / DEFAULT_FIXTURE
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src"))
+    raise SystemExit(main())

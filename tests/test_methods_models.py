@@ -17,9 +17,12 @@ NUM_CLASSES = 3
 TERMS = {
     "cam": {"cls"},
     "seam": {"cls", "rvmin", "er", "ecr"},
+    "cam_plda": {"cls", "domain", "cps_source", "cps_target"},
     "seam_plda": {"cls", "rvmin", "er", "ecr", "domain", "cps_source", "cps_target"},
 }
-STATS = {"seam_plda": {"stat/grl_alpha", "stat/source_fraction", "stat/target_fraction"}}
+_PLDA_STATS = {"stat/grl_alpha", "stat/source_fraction", "stat/target_fraction"}
+STATS = {"cam_plda": _PLDA_STATS, "seam_plda": _PLDA_STATS}
+METHODS = list(TERMS)
 
 
 class FakeBackbone(nn.Module):
@@ -87,7 +90,7 @@ def new_layer_params(model: nn.Module) -> list[nn.Parameter]:
     return groups[2]["params"] + groups[3]["params"]
 
 
-@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+@pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("reference", [False, True])
 def test_forward_returns_finite_terms_and_backward_reaches_new_layers(name, reference):
     model = make(name, reference=reference)
@@ -116,12 +119,12 @@ def test_loss_weights_scale_the_terms():
     assert out["stat/grl_alpha"].item() == pytest.approx(2 / (1 + torch.e ** -2) - 1, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+@pytest.mark.parametrize("name", METHODS)
 def test_sgd_steps_lower_the_loss(name):
     model = make(name)
     data = batch()
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = 0.05 if name == "cam" else 0.02
+    lr = 0.02 if model.has_background else 0.05
     losses = []
     for _ in range(6):
         torch.manual_seed(0)  # the same dropout masks every step: a fixed objective
@@ -134,15 +137,15 @@ def test_sgd_steps_lower_the_loss(name):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+@pytest.mark.parametrize("name", METHODS)
 def test_cams_shapes(name):
     model = make(name).eval()
     out = model.cams(batch()["image"])
-    raw_channels = NUM_CLASSES if name == "cam" else NUM_CLASSES + 1
+    raw_channels = NUM_CLASSES + model.has_background
     assert out.cam.shape == (2, NUM_CLASSES, 4, 4)
     assert out.raw.shape == (2, raw_channels, 4, 4)
     assert not out.cam.requires_grad
-    if name == "cam":
+    if not model.has_background:
         torch.testing.assert_close(out.cam, out.raw)
 
 
@@ -157,7 +160,7 @@ def test_seam_cams_are_the_revised_cam_and_chunking_does_not_change_them():
     assert not torch.allclose(reference.cam, reference.raw[:, 1:])
 
 
-@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+@pytest.mark.parametrize("name", METHODS)
 def test_unrevised_cams_are_the_classifier_map(name):
     """``revised=False`` (``cam.map=raw``): SEAM/PLDA give their classifier's foreground map,
     PCM skipped; plain CAM has no other map and gives the same output either way."""
@@ -165,14 +168,14 @@ def test_unrevised_cams_are_the_classifier_map(name):
     image = batch()["image"]
     revised, raw = model.cams(image), model.cams(image, revised=False)
     torch.testing.assert_close(raw.raw, revised.raw)
-    if name == "cam":
+    if not model.has_background:
         torch.testing.assert_close(raw.cam, revised.cam)
     else:
         torch.testing.assert_close(raw.cam, revised.raw[:, 1:])
         assert not torch.allclose(raw.cam, revised.cam)
 
 
-@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+@pytest.mark.parametrize("name", METHODS)
 def test_parameter_groups_cover_every_trainable_parameter_once(name):
     model = make(name)
     groups = model.parameter_groups()
@@ -197,7 +200,7 @@ def test_domain_loss_gradient_is_reversed_into_the_backbone():
         model = build_method(MethodConfig(weights=weights), FakeBackbone(), NUM_CLASSES).eval()
         model(batch(), progress=progress)["loss"].backward()
         grads[progress] = model.backbone.top.weight.grad.clone()
-        assert model.domain.trunk[0].weight.grad.abs().sum() > 0
+        assert model.plda.domain.trunk[0].weight.grad.abs().sum() > 0
     assert torch.all(grads[0.0] == 0)  # alpha(0) = 0 blocks the backbone gradient
     assert grads[1.0].abs().sum() > 0
 
@@ -206,22 +209,25 @@ def test_erased_pass_dropout_follows_the_reference_switch():
     image = batch()["image"]
     for reference in (False, True):
         model = make("seam_plda", reference=reference)
+        label = batch()["label"]
+        with torch.no_grad(), dropout_disabled(model):
+            view = model.run_views([image])[0]
         runs = []
         for seed in (1, 2):
             torch.manual_seed(seed)
-            runs.append(model._erased_pass(image).raw)
+            runs.append(model.plda.domains(model, image, view, label)[3].raw)
         assert torch.equal(runs[0], runs[1]) != reference
         assert all(m.training for m in model.modules() if isinstance(m, nn.Dropout2d))
 
 
 def test_dropout_disabled_restores_modes():
     model = make("seam_plda")
-    model.domain.trunk[2].eval()  # an inactive dropout must stay inactive
+    model.plda.domain.trunk[2].eval()  # an inactive dropout must stay inactive
     with dropout_disabled(model):
         assert not any(m.training for m in model.modules()
                        if isinstance(m, nn.modules.dropout._DropoutNd))
     assert model.classifier.dropout.training and model.backbone.drop.training
-    assert not model.domain.trunk[2].training
+    assert not model.plda.domain.trunk[2].training
 
 
 def test_wrong_label_shape_is_a_data_error():
@@ -275,7 +281,7 @@ def test_reference_checkpoint_names_map_onto_the_model(prefix):
     model.load_state_dict(convert_reference_state_dict(state), strict=True)
     assert torch.equal(model.classifier.conv.weight, state[f"{prefix}fc8.weight"])
     assert torch.equal(model.pcm.embed.weight, state[f"{prefix}f9.weight"])
-    for c, (sw, sb) in enumerate(zip(*model.domain.to_separate_heads())):
+    for c, (sw, sb) in enumerate(zip(*model.plda.domain.to_separate_heads())):
         assert torch.equal(state[f"{prefix}head_list.{c}.weight"], sw)
         assert torch.equal(state[f"{prefix}head_list.{c}.bias"], sb)
     assert isinstance(model, SEAMPLDAModel)
@@ -333,7 +339,7 @@ def _assert_trains_and_infers(model, data, name: str, cam_grid: tuple[int, int])
     assert cams.cam.shape == (1, NUM_CLASSES, *cam_grid) and torch.isfinite(cams.cam).all()
 
 
-@pytest.mark.parametrize("name", ["cam", "seam", "seam_plda"])
+@pytest.mark.parametrize("name", METHODS)
 def test_methods_train_and_infer_on_a_stride_32_backbone(name):
     """Stride 32 (EfficientNet-Lite0 as pretrained, no dilation): SEAM's 0.3x view of a 64 px
     crop is then a single feature pixel; every loss stays finite, gradients reach the
@@ -422,18 +428,28 @@ def test_plda_domains_scores_source_and_target_against_the_mask():
     target[0, :, 1] = True                 # 4 on the object
     target[0, :2, 2] = True                # 2 on background
     source[1] = target[1] = True           # class 1 is absent: not scored
-    counts = _plda_domains().score_domains(source, target, gt, [0])
+    cps_source = source.copy()
+    cps_target = np.zeros_like(target)
+    cps_target[0, 1:3, 2] = True           # 2 on background
+    cps_target[0, 3, 1] = True             # 1 on the object
+    counts = _plda_domains().score_domains(source, target, gt, [0], cps_source, cps_target)
     assert counts == {"s": 3, "s_in": 3, "t": 6, "t_in": 4, "t_bg": 2, "gt": 7, "covered": 7,
-                      "pairs": 1, "grid": 15}
+                      "pairs": 1, "grid": 15, "cps_s": 3, "cps_s_in": 3, "cps_t": 3,
+                      "cps_t_in": 1}
+    table = _plda_domains().purity(counts)
+    assert table["S in c"] == 100.0 and table["CPS T in c"] == pytest.approx(100 / 3)
 
 
 def test_plda_domains_near_keeps_targets_next_to_the_source():
-    model = make("seam_plda").eval()
+    model = make("seam_plda", plda=PLDAConfig(tau=0.3)).eval()
     data = batch()
     domains = _plda_domains()
-    source, target = domains.domain_masks(model, data["image"], data["label"], 0.3)
+    source, target, cps_s, cps_t = domains.domain_masks(model, model.plda, data["image"],
+                                                        data["label"])
     assert source.any() and target.any() and not (source & target).any()
-    _, near = domains.domain_masks(model, data["image"], data["label"], 0.3, near=1)
+    assert cps_s.shape == source.shape and not (cps_s & ~source).any()  # CPS stays inside S
+    model.plda.cfg.target_near = 1
+    _, near, _, _ = domains.domain_masks(model, model.plda, data["image"], data["label"])
     assert not (near & ~target).any()  # a subset of the unrestricted target
     for b, c, i, j in torch.nonzero(near).tolist():
         assert source[b, c, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].any()
@@ -464,3 +480,22 @@ def test_target_near_restricts_the_domain_target_in_training():
         assert torch.isfinite(out["loss"])
         fractions[near] = float(out["stat/target_fraction"])
     assert 0 < fractions[1] < fractions[0]
+
+
+def test_plda_domains_shows_what_plda_would_get_from_a_cam_baseline():
+    """A baseline run has no PLDA layers: a PLDA component is built from its settings, and S, T
+    and CPS's labels come from the plain CAM."""
+    from types import SimpleNamespace
+
+    model = make("cam").eval()
+    with torch.no_grad():  # positive CAMs (the features are ReLU outputs): something to assign
+        model.classifier.conv.weight.abs_()
+    domains = _plda_domains()
+    plda = domains.plda_part(model, SimpleNamespace(method=MethodConfig(
+        name="cam", plda=PLDAConfig(tau=0.3))))
+    data = batch()
+    source, target, cps_s, cps_t = domains.domain_masks(model, plda, data["image"], data["label"])
+    assert source.shape == (2, NUM_CLASSES, 4, 4) and source.any()
+    # Only present classes get a source.
+    assert not source[data["label"] == 0].any()
+    assert not (target & source).any() and not (cps_t & ~target).any()

@@ -74,3 +74,28 @@ def test_the_pin_catches_cps_with_the_real_background_logit():
     bad = _mismatches(ours, _published())
     assert any(line.startswith("terms/cps_") for line in bad)
     assert any(line.startswith("grad_norms/b7.") for line in bad)
+
+
+DEFAULT_FIXTURE = Path(__file__).parent / "data" / pinned.DEFAULT_FIXTURE
+# The default step is our own computation (not the published one): it must stay equal to the
+# values it had when the fixture was written, up to float64 rounding of reordered sums.
+DEFAULT_RTOL = 1e-12
+
+
+def test_default_mode_step_is_pinned():
+    """Default mode (``reference: false``) on the pinned weights and batch: every loss term,
+    stat and gradient norm as ``tests/data/default_step.json`` recorded them (its
+    ``produced_by`` names the commit). Guards refactors of the methods that must not change
+    what the default computes."""
+    pinned_default = json.loads(DEFAULT_FIXTURE.read_text())
+    assert pinned_default["produced_by"]["src_modified"] is False
+    ours = pinned.our_step(pinned.pinned_model(reference=False))
+    bad = []
+    for section in ("terms", "stats", "grad_norms"):
+        assert set(ours[section]) == set(pinned_default[section]), section
+        for key, value in pinned_default[section].items():
+            if _relative(ours[section][key], value) > DEFAULT_RTOL:
+                bad.append(f"{section}/{key}: now {ours[section][key]!r}, pinned {value!r}")
+    assert not bad, "\n".join(bad)
+    # Default and reference modes differ in the domain and CPS terms (docs/methods.md).
+    assert pinned_default["terms"]["domain"] != _published()["terms"]["domain"]

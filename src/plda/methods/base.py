@@ -1,7 +1,9 @@
 """The interface every stage-1 method implements, and what they share.
 
 A ``StageOneModel`` owns its backbone and new layers. ``forward(batch, progress)`` is the whole
-training step up to the loss (DDP wraps this call, so every pass of a step happens inside it);
+training step up to the loss (DDP wraps this call, so every pass of a step happens inside it):
+``training_views`` -> ``run_views`` -> ``baseline_losses``, the three methods PLDA composes with
+(``plda.methods.plda``);
 ``cams(image)`` is the inference output; ``parameter_groups()`` gives the four SGD groups of
 SEAM/PLDA (backbone weights/biases, new-layer weights/biases at 1x/2x/10x/20x learning rate).
 """
@@ -37,6 +39,18 @@ class CamOutput:
     raw: Tensor
 
 
+@dataclass
+class ViewOutput:
+    """One image batch's training pass on the CAM grid (h, w): the final ``features``, ``raw``
+    the classifier's logits with the background first (C+1 channels; a baseline without a
+    background channel puts a constant there) and ``cam_rv`` the map that PLDA's MaskAssign
+    reads (C+1, background first: SEAM's PCM-revised CAM, plain CAM's own map)."""
+
+    features: Tensor
+    raw: Tensor
+    cam_rv: Tensor
+
+
 class StageOneModel(nn.Module, abc.ABC):
     """Base class: a backbone plus method-specific new layers and losses."""
 
@@ -51,16 +65,31 @@ class StageOneModel(nn.Module, abc.ABC):
         self.loss_weights = weights
 
     @abc.abstractmethod
-    def forward(self, batch: dict[str, Tensor], progress: float = 0.0) -> dict[str, Tensor]:
-        """One training step's losses: ``{"loss": total, <term>: value, "stat/<x>": value}``."""
-
-    @abc.abstractmethod
     def cams(self, image: Tensor, chunk_size: int | None = None,
              revised: bool = True) -> CamOutput:
         """Class activation maps of a normalised image batch (call in eval mode).
         ``chunk_size`` overrides the PCM affinity block size; ``revised=False`` returns the
         classifier's raw CAM as ``cam`` instead of PCM's revision (methods without PCM ignore
         both)."""
+
+    def training_views(self, image: Tensor) -> list[Tensor]:
+        """The image batches one training step runs (default: the batch itself)."""
+        return [image]
+
+    def run_views(self, images: list[Tensor]) -> list[ViewOutput]:
+        """The training pass of each image batch (what PLDA builds on, ``plda.methods.plda``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its views")
+
+    def baseline_losses(self, images: list[Tensor], views: list[ViewOutput], label: Tensor
+                        ) -> dict[str, Tensor]:
+        """The method's own loss terms from ``run_views``'s output."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its losses")
+
+    def forward(self, batch: dict[str, Tensor], progress: float = 0.0) -> dict[str, Tensor]:
+        """One training step's losses: ``{"loss": total, <term>: value, "stat/<x>": value}``."""
+        image, label = self._inputs(batch)
+        images = self.training_views(image)
+        return self._total(self.baseline_losses(images, self.run_views(images), label))
 
     def parameter_groups(self) -> list[dict]:
         """Four torch.optim groups: backbone weights, backbone biases, new-layer weights,

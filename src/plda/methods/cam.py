@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plda.methods.base import CamOutput, StageOneModel
+from plda.methods.base import CamOutput, StageOneModel, ViewOutput
 from plda.methods.config import MethodConfig
 from plda.methods.heads import ClassifierHead
+from plda.methods.plda import WithPLDA
 from plda.models.fastpath import full_precision
 
 
@@ -20,18 +21,33 @@ def classification_loss(scores: Tensor, labels: Tensor) -> Tensor:
 
 
 class CAMModel(StageOneModel):
-    """Backbone + GAP + 1x1 classifier (C outputs, no background channel)."""
+    """Backbone + GAP + 1x1 classifier (C outputs, no background channel).
+
+    For PLDA (``cam_plda``) a view's ``raw`` and ``cam_rv`` are the CAM itself with a constant
+    background channel first (``method.cps.background_logit``, the value CPS's pseudo labels
+    give the background): MaskAssign reads the CAM, CPS trains its logits against that constant.
+    """
 
     def __init__(self, cfg: MethodConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(backbone, num_classes, cfg.weights)
         self.classifier = ClassifierHead(backbone.channels[backbone.final_level], num_classes)
+        self.background_logit = cfg.cps.background_logit
 
-    def forward(self, batch: dict[str, Tensor], progress: float = 0.0) -> dict[str, Tensor]:
-        image, label = self._inputs(batch)
-        features = self.backbone(image)[self.backbone.final_level]
+    def run_views(self, images: list[Tensor]) -> list[ViewOutput]:
+        views = []
+        for levels in self.backbone.forward_views(images):
+            features = levels[self.backbone.final_level]
+            cam = full_precision(self.classifier(features))
+            raw = torch.cat([torch.full_like(cam[:, :1], self.background_logit), cam], 1)
+            views.append(ViewOutput(features=features, raw=raw, cam_rv=raw))
+        return views
+
+    def baseline_losses(self, images: list[Tensor], views: list[ViewOutput], label: Tensor
+                        ) -> dict[str, Tensor]:
         # IRN pools before classifying; for a linear classifier this equals GAP of the CAM.
-        scores = full_precision(self.classifier(F.adaptive_avg_pool2d(features, 1))).flatten(1)
-        return self._total({"cls": classification_loss(scores, label)})
+        scores = [full_precision(self.classifier(F.adaptive_avg_pool2d(v.features, 1))).flatten(1)
+                  for v in views]
+        return {"cls": sum(classification_loss(s, label) for s in scores) / len(scores)}
 
     @torch.no_grad()
     def cams(self, image: Tensor, chunk_size: int | None = None,
@@ -39,3 +55,8 @@ class CAMModel(StageOneModel):
         features = self.backbone(image)[self.backbone.final_level]
         cam = full_precision(self.classifier.conv(features))
         return CamOutput(cam=cam, raw=cam)
+
+
+class CAMPLDAModel(WithPLDA, CAMModel):
+    """Plain CAM plus PLDA: MaskAssign on the CAM itself (no PCM), the erased pass, the domain
+    classifier on the final features and CPS on the CAM's logits; two backbone passes per step."""

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from plda.errors import ConfigError
 
-METHOD_NAMES = ("cam", "seam", "seam_plda")
+METHOD_NAMES = ("cam", "seam", "cam_plda", "seam_plda")
 
 
 def _check_range(section: str, name: str, value: float, low: float, high: float,
@@ -188,7 +188,7 @@ class MethodConfig:
        ``DEFAULT_CPS_LOSS_BACKGROUND`` and docs/methods.md for the measurement behind it.
     """
 
-    name: Literal["cam", "seam", "seam_plda"] = "seam_plda"
+    name: Literal["cam", "seam", "cam_plda", "seam_plda"] = "seam_plda"
     reference: bool = False
     seam: SEAMConfig = field(default_factory=SEAMConfig)
     plda: PLDAConfig = field(default_factory=PLDAConfig)

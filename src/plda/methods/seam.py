@@ -3,14 +3,13 @@ computed as YudeWang/SEAM's ``train_SEAM.py`` does (kept unchanged by usr922/pld
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plda.errors import ConfigError
-from plda.methods.base import CamOutput, StageOneModel
+from plda.methods.base import CamOutput, StageOneModel, ViewOutput
 from plda.methods.cam import classification_loss
 from plda.methods.config import MethodConfig
 from plda.methods.heads import ClassifierHead, conv1x1
@@ -139,15 +138,6 @@ def ecr_loss(other_cam: Tensor, cam_rv: Tensor, fraction: float = 0.2) -> Tensor
     return diff.topk(max(1, int(k1 * h * w * fraction)), dim=1).values.mean()
 
 
-@dataclass
-class ViewOutput:
-    """One view's pass: final features, raw CAM A (C+1 channels) and revised CAM, stride grid."""
-
-    features: Tensor
-    raw: Tensor
-    cam_rv: Tensor
-
-
 class SEAMModel(StageOneModel):
     """Backbone + ``fc8`` (C+1, Dropout2d) + PCM; losses cls, rvmin, ER, ECR over two views."""
 
@@ -187,6 +177,15 @@ class SEAMModel(StageOneModel):
         return F.interpolate(image, scale_factor=self.seam_cfg.view_scale, mode="bilinear",
                              align_corners=True)
 
+    def training_views(self, image: Tensor) -> list[Tensor]:
+        """The image and its ``view_scale`` rescaled copy."""
+        return [image, self.second_view(image)]
+
+    def baseline_losses(self, images: list[Tensor], views: list[ViewOutput], label: Tensor
+                        ) -> dict[str, Tensor]:
+        return self.seam_losses((views[0], views[1]), (images[0].shape[-2:],
+                                                       images[1].shape[-2:]), label)
+
     def seam_losses(self, views: tuple[ViewOutput, ViewOutput],
                     sizes: tuple[tuple[int, int], tuple[int, int]], label: Tensor
                     ) -> dict[str, Tensor]:
@@ -211,13 +210,6 @@ class SEAMModel(StageOneModel):
             "ecr": ecr_loss(cams[1], rvs[0], cfg.ecr_top_fraction)
             + ecr_loss(cams[0], rvs[1], cfg.ecr_top_fraction),
         }
-
-    def forward(self, batch: dict[str, Tensor], progress: float = 0.0) -> dict[str, Tensor]:
-        image, label = self._inputs(batch)
-        small = self.second_view(image)
-        views = self.run_views([image, small])
-        return self._total(self.seam_losses((views[0], views[1]),
-                                            (image.shape[-2:], small.shape[-2:]), label))
 
     @torch.no_grad()
     def cams(self, image: Tensor, chunk_size: int | None = None,
