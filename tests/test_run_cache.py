@@ -256,3 +256,34 @@ def test_overrides_after_an_option_still_count(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "synth_cam", "--dry-run", f"run_dir={run}", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_init_from_adds_plda_to_a_trained_cam_run_and_tracks_its_file(tmp_path, capsys):
+    """``model.init_from``: a finished CAM run starts a cam_plda run (its weights loaded, PLDA's
+    layers fresh, one line saying so); the train stage's fingerprint follows the baseline file's
+    content, so re-training the baseline makes the PLDA run stale."""
+    import torch
+
+    from plda.pipeline.common import build_stage1_model
+    from plda.pipeline.run import fingerprints, run_pipeline
+    from plda.weights.io import load_state_dict_file, save_state_dict_file
+
+    base = tmp_path / "cam"
+    run_pipeline(_cfg(base, "train.epochs=null", "train.iterations=2"), until="train")
+    plda_cfg = load_run_config("synth_cam_plda", [*TINY, f"run_dir={tmp_path / 'plda'}",
+                                                  f"model.init_from={base}"])
+    model = build_stage1_model(plda_cfg, 3)
+    trained = load_state_dict_file(base / "stage1.safetensors")
+    assert torch.equal(model.classifier.conv.weight, trained["classifier.conv.weight"])
+    assert "initialised from" in capsys.readouterr().out
+    before = fingerprints(plda_cfg)["train"]
+    assert before != fingerprints(load_run_config(
+        "synth_cam_plda", [*TINY, f"run_dir={tmp_path / 'plda'}"]))["train"]
+    trained["classifier.conv.weight"] = trained["classifier.conv.weight"] + 1
+    save_state_dict_file(base / "stage1.safetensors", trained)
+    assert fingerprints(plda_cfg)["train"] != before
+    # Runs without init_from keep the fingerprint they had before the setting existed: the
+    # model section is the backbone's settings only.
+    from plda.pipeline.run import stage_settings
+
+    assert "init_from" not in stage_settings(_cfg(base), "train")["model"]

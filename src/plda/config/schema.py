@@ -55,6 +55,13 @@ class ModelConfig:
     # ImageNet trained it, plain CAM's CPU preset). ResNet-38 supports 8 only.
     output_stride: int = 8
     frozen_bn: bool = True
+    # A trained stage-1 baseline to start from: a run folder (its stage1.safetensors or latest
+    # checkpoint) or a weights file (ours, or the published SEAM / PLDA .pth). It loads over
+    # ``pretrained`` into the layers that match by name and shape; PLDA's layers (plda.*) start
+    # fresh, so ``method.name: seam_plda`` with a SEAM run adds PLDA to it. Any other mismatch
+    # is an error naming the keys, unless ``init_from_strict: false`` (load what matches).
+    init_from: Optional[str] = None
+    init_from_strict: bool = True
 
     def __post_init__(self) -> None:
         if self.output_stride not in (8, 16, 32):
@@ -243,7 +250,6 @@ class SegModelConfig:
     # for the decoder heads (deeplab_v3plus, deeplab_lite_plus) that add stride-4 detail.
     output_stride: int = 8
     frozen_bn: bool = True
-
     def __post_init__(self) -> None:
         if self.output_stride not in (8, 16, 32):
             raise ConfigError(f"seg.model.output_stride={self.output_stride!r}: expected 8, 16 "

@@ -96,8 +96,8 @@ def verify_data(cfg: RunConfig, layout) -> dict:
 
 
 def build_stage1_model(cfg: RunConfig, num_classes: int, pretrained: bool = True):
-    """Backbone + method head as configured; ``pretrained=False`` skips loading ImageNet
-    weights (used when a trained checkpoint is loaded right after)."""
+    """Backbone + method head as configured, then ``model.init_from`` loaded over it;
+    ``pretrained=False`` skips both (used when a trained checkpoint is loaded right after)."""
     from plda.engine.seed import seeded
     from plda.methods import build_method
     from plda.models.backbones import build_backbone
@@ -107,7 +107,14 @@ def build_stage1_model(cfg: RunConfig, num_classes: int, pretrained: bool = True
                                   pretrained=cfg.model.pretrained if pretrained else None,
                                   output_stride=cfg.model.output_stride,
                                   frozen_bn=cfg.model.frozen_bn)
-        return build_method(cfg.method, backbone, num_classes)
+        model = build_method(cfg.method, backbone, num_classes)
+    if pretrained and cfg.model.init_from:
+        from plda.methods.init_from import init_from
+
+        report = init_from(model, cfg.model.init_from, strict=cfg.model.init_from_strict)
+        if is_main_process():
+            print(f"[train] {report.summary()}", flush=True)
+    return model
 
 
 def load_stage1_model(cfg: RunConfig, num_classes: int, weights: str | Path | None = None):
@@ -140,9 +147,12 @@ def load_stage1_model(cfg: RunConfig, num_classes: int, weights: str | Path | No
 
 
 def _maybe_convert_reference(state: dict) -> dict:
-    """Accept the reference implementations' checkpoints (SEAM, usr922/plda key names)."""
+    """Accept the reference implementations' checkpoints (SEAM, usr922/plda key names) and ours
+    from before PLDA's layers moved under ``plda.``."""
     if any(k.startswith(("backbone.", "head.", "classifier.")) for k in state):
-        return state
+        from plda.methods.plda import rename_legacy_keys
+
+        return rename_legacy_keys(state)
     from plda.methods import convert_reference_state_dict
 
     return convert_reference_state_dict(state)

@@ -72,6 +72,19 @@ def _method_settings(method) -> dict:
     return values
 
 
+def _model_settings(model) -> dict:
+    """The backbone settings, plus ``init_from`` (with the digest of the file it resolves to,
+    so a re-trained baseline makes the run stale) only when set: runs made before the setting
+    existed keep their fingerprints."""
+    values = asdict(model)
+    source, strict = values.pop("init_from"), values.pop("init_from_strict")
+    if source:
+        from plda.methods.init_from import file_digest
+
+        values["init_from"] = {"source": source, "digest": file_digest(source), "strict": strict}
+    return values
+
+
 def stage_settings(cfg: RunConfig, stage: str) -> dict:
     """The config values the outputs of ``stage`` depend on (besides earlier stages)."""
     d = cfg.data
@@ -80,7 +93,7 @@ def stage_settings(cfg: RunConfig, stage: str) -> dict:
     if stage == "train":
         return {"split": d.train_split, "resize_long": list(d.resize_long), "crop": d.crop,
                 "flip": d.flip, "color_jitter": list(d.color_jitter),
-                "model": asdict(cfg.model), "method": _method_settings(cfg.method),
+                "model": _model_settings(cfg.model), "method": _method_settings(cfg.method),
                 "train": _train_settings(cfg.train)}
     if stage == "cam":
         c = cfg.cam
