@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet38",
                         choices=["resnet38", "efficientnet_lite0", "resnet50", "resnet101"])
-    parser.add_argument("--method", default="seam_plda", choices=["cam", "seam", "seam_plda"])
+    parser.add_argument("--method", default="seam_plda", choices=["cam", "seam", "cam_plda", "seam_plda"])
     parser.add_argument("--size", type=_parse_size, default=(500, 375), help="WIDTHxHEIGHT")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--amp", default="none,bf16", help="comma list of none,bf16,fp16")

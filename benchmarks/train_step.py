@@ -173,7 +173,7 @@ def _commit() -> str | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet38")
-    p.add_argument("--method", default="seam_plda", choices=["cam", "seam", "seam_plda"])
+    p.add_argument("--method", default="seam_plda", choices=["cam", "seam", "cam_plda", "seam_plda"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--classes", type=int, default=20)

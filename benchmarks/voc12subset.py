@@ -1,5 +1,5 @@
-"""The real-data benchmark: plain CAM, SEAM and SEAM+PLDA on the 1,545-image VOC sample, from
-image-level labels to a segmentation network.
+"""The real-data benchmark: plain CAM, SEAM, and PLDA on each (CAM+PLDA, SEAM+PLDA) on the
+1,545-image VOC sample, from image-level labels to a segmentation network.
 
     python benchmarks/voc12subset.py --out runs/voc12subset            # the whole chain
     python benchmarks/voc12subset.py --out runs/vs --refine none       # seeds only
@@ -8,7 +8,7 @@ image-level labels to a segmentation network.
     python benchmarks/voc12subset.py --out runs/vs --refine none --seeds 0,1,2  # run-to-run spread
 
 Each method trains from the pretrained EfficientNet-Lite0 with the same budget, crop and seed
-(presets ``voc12subset_<method>_effnetlite0``; plain CAM at output stride 32, where its CAMs are
+(presets ``voc12subset_<method>_effnetlite0``; the CAM family at output stride 32, where CAMs are
 not gridded, the SEAM family at 16, where PCM has a grid to work on), infers CAMs for train and
 val, chooses the background threshold by the sweep on train only, writes seeds, refines the
 training split into pseudo masks (``--refine``, default IRN), trains the light DeepLab on them and
@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("cam", "seam", "seam_plda")
+METHODS = ("cam", "seam", "cam_plda", "seam_plda")
 # The classes with at least 20 train and 4 val images in the sample (shared/data/README.md).
 SUPPORTED = ("background", "cat", "dog", "person", "horse", "sheep", "cow", "sofa", "chair",
              "pottedplant", "car", "tvmonitor", "diningtable")
