@@ -143,10 +143,6 @@ class WithPLDA:
                          backbone.input_mean, backbone.input_std)
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
-    @property
-    def reference(self) -> bool:
-        return self.plda.reference
-
     def forward(self, batch: dict[str, Tensor], progress: float = 0.0) -> dict[str, Tensor]:
         image, label = self._inputs(batch)
         alpha = self.plda.alpha(progress)
