@@ -9,7 +9,9 @@ This reads finished runs (``config.yaml`` and the ``seeds`` entry of ``metrics.j
 ``plda run`` folder; a benchmark ``--out`` folder stands for its method sub-folders) and prints
 
 - one row per run: method, training seed, output stride, chosen threshold, seed mIoU on train
-  and val (classes present / the 13 supported classes), background IoU on val;
+  and val (classes present / the 13 supported classes), background IoU on val, and, on a dataset
+  with part masks (the built-in synthetic one), the share of each object's discriminative part
+  and of the rest of its body that the val seeds cover (``plda.evaluation.parts``);
 - per method: the mean, sample standard deviation, minimum and maximum over its runs;
 - per pair of methods: on how many of the seeds both were trained with the first beats the
   second on val (13 classes; classes present on another dataset), and the mean difference.
@@ -32,7 +34,34 @@ from voc12subset import METHODS, SUPPORTED, _mean  # noqa: E402
 
 sys.path.pop(0)
 
-SCORES = ("train", "train_13", "val", "val_13")
+SCORES = ("train", "train_13", "val", "val_13", "val_part", "val_body")
+
+
+def part_body(run: Path, cfg) -> dict:
+    """{"<split>_part": %, "<split>_body": %}: the share of each object's discriminative part and
+    of the rest of its body that the run's seeds cover (``plda.evaluation.parts``), on datasets
+    with part masks (the built-in synthetic one); empty elsewhere."""
+    from plda.data.layout import DatasetLayout
+    from plda.evaluation.parts import PARTS_DIR, part_body_coverage
+    from plda.pipeline.common import dataset_root
+
+    from plda.errors import DataError
+
+    try:
+        root = dataset_root(cfg, generate=False)
+    except DataError:  # the dataset is gone: the seed scores in metrics.json still stand
+        return {}
+    if not (root / PARTS_DIR).is_dir():
+        return {}
+    layout = DatasetLayout(root)
+    out = {}
+    for split in ("train", "val"):
+        seeds = run / "seeds" / split
+        if seeds.is_dir():
+            cov = part_body_coverage(seeds, layout.mask_dir, root / PARTS_DIR, layout.ids(split),
+                                     layout.class_names)
+            out[f"{split}_part"], out[f"{split}_body"] = cov["part"], cov["body"]
+    return out
 
 
 def run_folders(paths: list[Path]) -> list[Path]:
@@ -70,6 +99,8 @@ def run_row(run: Path) -> dict:
         row[f"{split}_13"] = (_mean(iou[c] for c in SUPPORTED)
                               if set(SUPPORTED) <= set(iou) else None)
     row["val_background"] = seeds["val"]["iou"].get("background")
+    row.update({"train_part": None, "train_body": None, "val_part": None, "val_body": None})
+    row.update(part_body(run, cfg))
     return row
 
 
@@ -85,7 +116,7 @@ def summarize(rows: list[dict]) -> dict:
     for method, runs in methods.items():
         stats[method] = {}
         for key in SCORES:
-            values = [r[key] for r in runs if r[key] is not None]
+            values = [r[key] for r in runs if r.get(key) is not None]
             if not values:
                 continue
             mean = sum(values) / len(values)
@@ -118,11 +149,13 @@ def _f(value, spec: str = "5.1f") -> str:
 def print_table(rows: list[dict]) -> dict:
     summary = summarize(rows)
     print(f"{'method':10s} {'seed':>4s} {'stride':>6s} {'thr':>5s} {'train':>5s} "
-          f"{'tr 13':>5s} {'val':>5s} {'val 13':>6s} {'val bg':>6s}  run")
+          f"{'tr 13':>5s} {'val':>5s} {'val 13':>6s} {'val bg':>6s} {'part':>5s} {'body':>5s}"
+          f"  run")
     for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
         print(f"{r['method']:10s} {r['seed']:4d} {r['stride']:6d} {r['threshold']:5.2f} "
               f"{_f(r['train'])} {_f(r['train_13'])} {_f(r['val'])} {_f(r['val_13'], '6.1f')} "
-              f"{_f(r['val_background'], '6.1f')}  {r['run']}")
+              f"{_f(r['val_background'], '6.1f')} {_f(r.get('val_part'))} "
+              f"{_f(r.get('val_body'))}  {r['run']}")
     print(f"\n{'method':10s} {'score':8s} {'n':>2s} {'mean':>5s} {'sd':>5s} {'min':>5s} "
           f"{'max':>5s}")
     for method, scores in summary["methods"].items():

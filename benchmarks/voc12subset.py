@@ -29,7 +29,9 @@ start and end of training (the first and last logged windows of ``logs/train.jso
 the spread table of ``benchmarks/seed_spread.py`` (per-method mean, sd, min, max; per pair of
 methods, on how many seeds the first wins): one run per method can rank them by chance.
 ``--suite synth`` runs the same comparison on the built-in synthetic dataset (presets
-``synth_<method>``).
+``synth_<method>``); with ``--seeds`` its spread table also gives the share of each object's
+discriminative part and of the rest of its body that the val seeds cover (from the dataset's
+``SegmentationParts/``): whether a method extends the CAM's part to the whole object.
 """
 
 from __future__ import annotations
