@@ -48,6 +48,10 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, monkeypatch, method):
     assert [p["threshold"] for p in metrics["seeds"]["sweep"]["curve"]] == [0.1, 0.2, 0.3, 0.4]
     table = format_metrics(metrics)
     assert "seeds" in table and f"{metrics['seeds']['val']['miou']:.1f}" in table
+    # the classifier's image-level scores on val, from the CAM stage
+    classification = metrics["classification"]["val"]
+    assert classification["images"] == 4 and 0.0 <= classification["f1"] <= 1.0
+    assert f"image-level classification on val: F1 {classification['f1']:.2f}" in table
 
     # Re-run: training and CAMs are skipped (files untouched), results identical.
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("cams/*/*.npz")}

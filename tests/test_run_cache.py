@@ -194,7 +194,7 @@ SEG_TINY = ["refine.method=pamr", "seg.model.pretrained=null", "seg.crop=64",
 
 
 @pytest.mark.slow
-def test_whole_chain_then_cached_then_only_evaluation_reruns(tmp_path):
+def test_whole_chain_then_cached_then_only_evaluation_reruns(tmp_path, capsys):
     """data -> ... -> report on the tiny synthetic set; a second call skips every stage; a new
     evaluation scale re-runs segmentation evaluation and the report only."""
     from plda.pipeline.run import STAGES, format_metrics, plan, run_pipeline
@@ -217,6 +217,17 @@ def test_whole_chain_then_cached_then_only_evaluation_reruns(tmp_path):
     report_stamp = (run / "report.html").stat().st_mtime_ns
     run_pipeline(cfg, log=lambda _: None)
     assert (run / "report.html").stat().st_mtime_ns == report_stamp
+
+    # What 'plda run' prints at the end: the table, the report, one line on what to try next.
+    from plda.cli.main import main
+
+    capsys.readouterr()
+    assert main(["run", "synth_cam", *TINY, f"run_dir={run}", *SEG_TINY]) == 0
+    out = capsys.readouterr().out
+    assert "image-level classification on val: F1" in out and "segmentation" in out
+    assert f"report: {(run / 'report.html').resolve()}" in out
+    assert f"next: segment your own images with 'plda predict {run} IMAGES --out DIR'" in out
+    assert (run / "report.html").stat().st_mtime_ns == report_stamp  # still nothing re-ran
 
     weights = (run / "deeplab" / "segmentation.safetensors").stat().st_mtime_ns
     changed = _cfg(run, *SEG_TINY, "seg.eval_flip=false")

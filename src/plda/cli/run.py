@@ -41,5 +41,14 @@ def run(args: argparse.Namespace) -> int:
     report = Path(cfg.run_dir) / "report.html"
     print(f"run folder: {cfg.run_dir}")
     if report.is_file():
-        print(f"report: {report.resolve()}")
+        print(f"report: {report.resolve()} (scores, training curves, best and worst images)")
+    if "seg" in metrics:
+        print(next_steps(cfg))
     return 0
+
+
+def next_steps(cfg) -> str:
+    """One line: segment your own images with this run, or run a real-data preset."""
+    return (f"next: segment your own images with 'plda predict {cfg.run_dir} IMAGES --out DIR'; "
+            "train on real data with 'plda run voc12subset_seam_plda_effnetlite0 "
+            "data.root=VOC_FOLDER' (README: Real data)")

@@ -80,6 +80,16 @@ def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:
     update_metrics(cfg, "cam", {split: {k: res[k] for k in ("written", "skipped", "total",
                                                            "seconds_per_image", "wall_time_s")}
                                 for split, res in summary.items()})
+    if cfg.data.val_split in summary and is_main_process() and cfg.cam.label_source == "gt":
+        # How well the classifier knows which classes an image holds (one pass at scale 1):
+        # what a segmentation without image labels depends on. Only where the split's image
+        # labels are known (the CAMs were masked with them).
+        from plda.evaluation.classification import evaluate_classification
+
+        res = evaluate_classification(model, layout, cfg.data.val_split, amp=cfg.cam.amp)
+        update_metrics(cfg, "classification", {cfg.data.val_split: {
+            k: res[k] for k in ("map", "f1", "precision", "recall", "images", "threshold")}})
+    barrier()
     return summary
 
 

@@ -413,9 +413,15 @@ def format_metrics(metrics: dict) -> str:
     train = metrics.get("train")
     if train:
         lines.append(f"stage-1 training: {train['steps']} steps, {train['wall_time_s']:.0f} s")
+    for split, res in (metrics.get("classification") or {}).items():
+        lines.append(f"image-level classification on {split}: F1 {res['f1']:.2f} (score > "
+                     f"{res.get('threshold', 0.5):g}), mAP {_fmt(res.get('map'), '.1f')} %, "
+                     f"{res['images']} images")
     seeds = metrics.get("seeds")
     if seeds and "bg_threshold" in seeds:
-        lines.append(f"background threshold: {seeds['bg_threshold']:.2f}")
+        sweep = seeds.get("sweep")
+        lines.append(f"background threshold: {seeds['bg_threshold']:.2f}"
+                     + (f" (the best of the sweep on {sweep['split']})" if sweep else " (set)"))
     rows = [("seeds", metrics.get("seeds")), ("pseudo masks", metrics.get("pseudo")),
             ("segmentation", metrics.get("seg"))]
     splits: list[str] = []
@@ -433,6 +439,11 @@ def format_metrics(metrics: dict) -> str:
                 res = section.get(split)
                 cells.append(_fmt(res.get("miou") if isinstance(res, dict) else None, "8.1f"))
             lines.append(f"{name:14s} " + " ".join(cells))
+        lines.append(
+            "mIoU against the ground-truth masks (0-100, higher is better). seeds: the CAMs "
+            "thresholded, with the true image labels; pseudo masks: the seeds refined, what the "
+            "segmentation network trains on; segmentation: that network's own prediction, no "
+            "labels given.")
     timing = metrics.get("pipeline")
     if timing:
         lines.append("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()))
