@@ -75,8 +75,23 @@ def test_layout_labels_masks_and_parts_agree(dataset):
         for c in present:
             obj, part = label == c, parts == c
             assert not (part & ~obj).any(), f"{image_id}: part of class {c} outside its object"
-            assert 0.03 < part.sum() / obj.sum() < 0.25
+            # Part radius 0.38-0.5 of the semi-minor axis, times part_scale (1.6 by default).
+            assert 0.08 < part.sum() / obj.sum() < 0.65
     assert {1, 2, 3} <= set(n_objects)
+
+
+def test_object_and_part_scales(tmp_path):
+    """part_scale sets the part's share of its object; 1.0 / 1.0 is the base geometry."""
+    kw = {"seed": 2, "n_train": 24, "n_val": 0, "size": 96, "num_classes": 4}
+    base = generate_synthetic(tmp_path / "base", object_scale=1.0, part_scale=1.0, **kw)
+    default = generate_synthetic(tmp_path / "default", **kw)
+    assert 0.08 < base["mean_part_fraction"] < 0.2
+    assert default["mean_part_fraction"] > 2 * base["mean_part_fraction"]
+    meta = json.loads((tmp_path / "default" / "synth.json").read_text())
+    assert (meta["object_scale"], meta["part_scale"]) == (1.4, 1.6)
+    for bad in ({"part_scale": 2.5}, {"object_scale": 0.0}, {"part_scale": "big"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            generate_synthetic(tmp_path / "bad", **kw, **bad)
 
 
 def test_bodies_are_locally_coherent_but_globally_share_the_background_colours(dataset):

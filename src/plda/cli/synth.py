@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="image side in pixels (default %(default)s)")
     p.add_argument("--classes", type=int, default=_DEFAULTS.num_classes, metavar="K",
                    help=f"number of object classes, 1..{MAX_CLASSES} (default %(default)s)")
+    p.add_argument("--object-scale", type=float, default=_DEFAULTS.object_scale, metavar="F",
+                   help="object size, relative to a semi-major axis of 0.17-0.27 of the image "
+                   "side (default %(default)s)")
+    p.add_argument("--part-scale", type=float, default=_DEFAULTS.part_scale, metavar="F",
+                   help="part radius, relative to 0.38-0.5 of the object's semi-minor axis "
+                   "(default %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -37,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     summary = generate_synthetic(args.out, seed=args.seed, n_train=args.train, n_val=args.val,
-                                 size=args.size, num_classes=args.classes)
+                                 size=args.size, num_classes=args.classes,
+                                 object_scale=args.object_scale, part_scale=args.part_scale)
     seconds = time.perf_counter() - start
     counts = ", ".join(f"{k} {v}" for k, v in summary["images_per_class"].items())
     print(f"wrote {summary['num_train']} train + {summary['num_val']} val images of "

@@ -51,7 +51,7 @@ from plda.utils.io import (
 from plda.utils.progress import progress
 from plda.vis.palette import label_to_image
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 JPEG_QUALITY = 95
 SPLITS = ("train", "val")
 SUBDIRS = ("JPEGImages", "SegmentationClassAug", "SegmentationParts")
@@ -93,6 +93,11 @@ class SynthParams:
     n_val: int = 100
     size: int = 112
     num_classes: int = 5
+    # Object and part sizes relative to the base geometry (object semi-major axis 0.17-0.27 of
+    # the image side, part radius 0.38-0.5 of the object's semi-minor axis; both 1.0 draw the
+    # images of generator version 1). At 1.6 a part covers about a third of its object.
+    object_scale: float = 1.4
+    part_scale: float = 1.6
 
     def validate(self) -> None:
         checks = (
@@ -108,6 +113,15 @@ class SynthParams:
                 allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
                 raise ConfigError(
                     f"synthetic dataset: {name}={value!r} is invalid; expected an integer {allowed}")
+        # The part must stay inside the body (its radius at most 0.85 of the semi-minor axis);
+        # objects must leave room on the canvas for up to three of them.
+        for name, value, lo, hi in (("object_scale", self.object_scale, 0.25, 1.6),
+                                    ("part_scale", self.part_scale, 0.25, 1.7)):
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not lo <= float(value) <= hi):
+                raise ConfigError(
+                    f"synthetic dataset: {name}={value!r} is invalid; expected a number in "
+                    f"{lo}..{hi}")
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -177,11 +191,12 @@ class _Object:
     part_uv: tuple[np.ndarray, np.ndarray]  # rotated part coordinates, part radius = 1
 
 
-def _shape(rng: np.random.Generator, cls: int, size: int, scale: float, centred: bool = False) -> _Object:
+def _shape(rng: np.random.Generator, cls: int, size: int, scale: float, centred: bool = False,
+           object_scale: float = 1.0, part_scale: float = 1.0) -> _Object:
     """Geometry of one object of class ``cls``: a wobbly rotated ellipse with a disc inside."""
     # Faint class cue in the shape: per-class shift of the aspect-ratio range (ranges overlap).
     aspect = rng.uniform(0.5, 0.85) + 0.06 * ((cls - 1) % 3 - 1)
-    major = rng.uniform(0.17, 0.27) * size * scale
+    major = rng.uniform(0.17, 0.27) * size * scale * object_scale
     minor = major * aspect
     harmonics = [(k, rng.uniform(0.0, 0.06), rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5)]
     # The centre keeps the whole object (wobble included) off the image border, so that masks
@@ -204,7 +219,7 @@ def _shape(rng: np.random.Generator, cls: int, size: int, scale: float, centred:
     # Signed distance to the rim along the ray from the centre, in pixels (for anti-aliasing).
     sd = np.hypot(u, v) * (boundary / np.maximum(rn, 1e-6) - 1.0)
     # The part sits on the major axis, away from the centre, inside the body.
-    r_part = minor * rng.uniform(0.38, 0.5)
+    r_part = minor * rng.uniform(0.38, 0.5) * part_scale
     offset = rng.uniform(0.15, 0.95) * max(0.0, 0.85 * major - r_part) * rng.choice([-1.0, 1.0])
     pu = u - np.float32(offset)
     rho = np.hypot(pu, v)
@@ -281,7 +296,8 @@ def _paint(rng: np.random.Generator, img: np.ndarray, obj: _Object, num_classes:
     return best
 
 
-def _place(rng: np.random.Generator, classes: list[int], size: int) -> list[_Object]:
+def _place(rng: np.random.Generator, classes: list[int], size: int, object_scale: float = 1.0,
+           part_scale: float = 1.0) -> list[_Object]:
     """Objects of ``classes`` placed so that every part stays fully visible and overlaps are
     small (at most 20 % of the new object and of each earlier object's visible area). An object
     that finds no place is dropped, except the first: failing all tries, it is drawn small and
@@ -292,7 +308,7 @@ def _place(rng: np.random.Generator, classes: list[int], size: int) -> list[_Obj
     for cls in classes:
         obj = None
         for attempt in range(60):
-            cand = _shape(rng, cls, size, 0.85 ** (attempt // 20))
+            cand = _shape(rng, cls, size, 0.85 ** (attempt // 20), False, object_scale, part_scale)
             m = cand.mask
             if (any((m & o.part).any() for o in placed) or (m & covered).sum() > 0.2 * m.sum()
                     or any((m & vis).sum() > 0.2 * vis.sum() for vis in visible)):
@@ -300,7 +316,7 @@ def _place(rng: np.random.Generator, classes: list[int], size: int) -> list[_Obj
             obj = cand
             break
         if obj is None and not placed:
-            obj = _shape(rng, cls, size, 0.6, centred=True)
+            obj = _shape(rng, cls, size, 0.6, True, object_scale, part_scale)
         if obj is None:
             continue
         for vis in visible:
@@ -311,7 +327,8 @@ def _place(rng: np.random.Generator, classes: list[int], size: int) -> list[_Obj
     return placed
 
 
-def render_image(seed: int, split: str, index: int, size: int, num_classes: int
+def render_image(seed: int, split: str, index: int, size: int, num_classes: int,
+                 object_scale: float = 1.0, part_scale: float = 1.0
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one image: ``(rgb uint8 (S,S,3), label uint8 (S,S), part label uint8 (S,S))``.
 
@@ -324,7 +341,7 @@ def render_image(seed: int, split: str, index: int, size: int, num_classes: int
     label = np.zeros((size, size), np.uint8)
     parts = np.zeros((size, size), np.uint8)
     body_colours: list[np.ndarray] = []
-    for obj in _place(rng, classes, size):
+    for obj in _place(rng, classes, size, object_scale, part_scale):
         body_colours.append(_paint(rng, img, obj, num_classes, body_colours))
         label[obj.mask] = obj.cls
         parts[obj.mask] = 0
@@ -391,13 +408,16 @@ def _write_sample(root: Path, image_id: str, rgb: np.ndarray, label: np.ndarray,
 
 def generate_synthetic(out: str | Path, seed: int = SynthParams.seed, n_train: int = SynthParams.n_train,
                        n_val: int = SynthParams.n_val, size: int = SynthParams.size,
-                       num_classes: int = SynthParams.num_classes) -> dict:
+                       num_classes: int = SynthParams.num_classes,
+                       object_scale: float = SynthParams.object_scale,
+                       part_scale: float = SynthParams.part_scale) -> dict:
     """Write the synthetic dataset to ``out`` (VOC layout, see the module docstring).
 
     Returns a summary: root, counts per split, class names, images per class, mean objects per
     image and mean part fraction of object area.
     """
-    params = SynthParams(seed=seed, n_train=n_train, n_val=n_val, size=size, num_classes=num_classes)
+    params = SynthParams(seed=seed, n_train=n_train, n_val=n_val, size=size, num_classes=num_classes,
+                         object_scale=object_scale, part_scale=part_scale)
     params.validate()
     root = Path(out)
     _prepare_root(root, params)
@@ -411,7 +431,8 @@ def generate_synthetic(out: str | Path, seed: int = SynthParams.seed, n_train: i
     with ThreadPoolExecutor(max_workers=4) as pool:
         pending = []
         for split, index, image_id in progress(all_ids, desc="synth", unit="img"):
-            rgb, label, parts = render_image(seed, split, index, size, num_classes)
+            rgb, label, parts = render_image(seed, split, index, size, num_classes,
+                                             object_scale, part_scale)
             pending.append(pool.submit(_write_sample, root, image_id, rgb, label, parts))
             present = [int(c) for c in np.unique(label) if c != 0]
             image_labels[image_id] = [names[c - 1] for c in present]
