@@ -288,7 +288,7 @@ def test_segment_train_cli_writes_weights_and_metrics(one_thread, tmp_path, caps
     assert str(weights) in capsys.readouterr().out
     net, meta = load_segmentation_net(tmp_path / "run")
     assert meta["class_names"][0] == "background" and net.num_classes == 3
-    assert (net.arch, net.backbone_name) == ("deeplab_lite", "efficientnet_lite0")
+    assert (net.arch, net.backbone_name) == ("deeplab_lite_plus", "efficientnet_lite0")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["seg_train"]["steps"] == 3 and metrics["seg_train"]["images"] == 8
     assert (tmp_path / "run" / "deeplab" / "checkpoints").is_dir()
