@@ -36,13 +36,24 @@ per-class mean differences on val, and the domain purity.
 
 ``--budget`` trains each of ``--methods`` for each of ``--epochs`` (one seed) and scores the
 training split only (seeds and classification mAP): choose the budget on train, never on val.
+``--epochs auto:DIR`` then takes the budget from that sweep's folder DIR: for each method the
+fewest epochs after which the next step of the sweep adds less than ``--min-gain`` points of
+train seed mIoU (13 classes), or the sweep's largest; the verdict uses the largest of these over
+the methods swept, so every baseline has stopped rising (``OUT/budget_choice.json`` records it).
+
+``--jobs N`` runs N jobs at once, each in its own process (``OUT/logs/<job>.log``), with
+``OMP_NUM_THREADS`` = cores / N and, where several GPUs are visible, one GPU per job in turn; a
+``continue`` job starts as soon as the scratch run it starts from is finished. For a machine
+with many cores or GPUs; the results are the same files as with one job at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,11 +145,14 @@ def run_job(arm: str, method: str, seed: int, args) -> dict:
 
 
 def _commit() -> str | None:
-    import subprocess
-
-    out = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True)
-    return out.stdout.strip() or None
+    """The checkout's commit; where the code is a copy without git, ``PLDA_COMMIT`` names it."""
+    try:
+        out = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True)
+        found = out.stdout.strip() if out.returncode == 0 else ""
+    except OSError:
+        found = ""
+    return found or os.environ.get("PLDA_COMMIT") or None
 
 
 # ---- summary --------------------------------------------------------------------------------
@@ -165,6 +179,23 @@ def collect(out: Path) -> dict[tuple[str, str], dict[int, dict]]:
     return rows
 
 
+def class_differences(base: list[dict], plda: list[dict]) -> dict[str, float | None]:
+    """Per class, the mean over seeds of PLDA's val IoU minus the baseline's.
+
+    A class absent from the split's ground truth has IoU None in a row: it is left out of the
+    mean (None when no seed has it).
+    """
+    classes = sorted({c for row in (*base, *plda) for c in (row.get("val_iou") or {})})
+    out: dict[str, float | None] = {}
+    for c in classes:
+        diffs = [(y.get("val_iou") or {}).get(c) - (x.get("val_iou") or {}).get(c)
+                 for x, y in zip(base, plda)
+                 if (x.get("val_iou") or {}).get(c) is not None
+                 and (y.get("val_iou") or {}).get(c) is not None]
+        out[c] = statistics.fmean(diffs) if diffs else None
+    return out
+
+
 def compare(rows: dict, arm: str, baseline: str) -> dict | None:
     variant = BASELINES[baseline]
     a, b = rows.get((arm, baseline), {}), rows.get((arm, variant), {})
@@ -177,10 +208,7 @@ def compare(rows: dict, arm: str, baseline: str) -> dict | None:
         diff = [y - x for x, y in zip(va, vb)]
         out["scores"][key] = {"baseline": va, "plda": vb, "diff": diff,
                               "plda_higher": sum(d > 0 for d in diff)}
-    classes = sorted(a[seeds[0]].get("val_iou") or {})
-    out["val_class_diff"] = {c: statistics.fmean((b[s]["val_iou"] or {}).get(c, 0.0)
-                                                 - (a[s]["val_iou"] or {}).get(c, 0.0)
-                                                 for s in seeds) for c in classes}
+    out["val_class_diff"] = class_differences([a[s] for s in seeds], [b[s] for s in seeds])
     for name, arm_rows in (("baseline", a), ("plda", b)):
         out[f"{name}_purity"] = {k: statistics.fmean(arm_rows[s]["domains"]["purity"][k]
                                                      for s in seeds)
@@ -276,7 +304,107 @@ def budget(args) -> list[dict]:
               f"{c['f1']:5.2f} {r['train_minutes']:9.1f}")
     print("Training split only: seed mIoU (13 supported classes / present), threshold chosen on "
           "train, classification mAP and F1 at 0.5 of the classifier's own scores.")
+    if not args.no_summary:
+        choice = choose_budget(read_budget(args.out), args.min_gain)
+        print(f"Stops rising (next gain < {args.min_gain:g}): " + ", ".join(
+            f"{m} at {c['epochs']}" for m, c in choice["methods"].items())
+            + f"; budget {choice['epochs']} epochs.")
     return rows
+
+
+def read_budget(folder: Path) -> list[dict]:
+    """The finished rows of a budget sweep's folder (``e<epochs>/<method>/budget.json``)."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("e*/*/budget.json"))]
+
+
+def choose_budget(rows: list[dict], min_gain: float = 1.0) -> dict:
+    """The epochs at which train seed mIoU (13 classes) stops rising, per method and overall.
+
+    For each method, with its swept epochs in order, the first count whose successor adds less
+    than ``min_gain`` points (the successor may also be lower), or the largest swept. The overall
+    budget is the largest of the methods' so that none is cut off while still rising.
+    """
+    by_method: dict[str, dict[int, float]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], {})[int(row["epochs"])] = float(row["train_miou_13"])
+    if not by_method:
+        raise SystemExit("the budget sweep has no finished runs (no e*/<method>/budget.json)")
+    chosen = {}
+    for method, scores in by_method.items():
+        epochs = sorted(scores)
+        pick = epochs[-1]
+        for here, after in zip(epochs, epochs[1:]):
+            if scores[after] - scores[here] < min_gain:
+                pick = here
+                break
+        chosen[method] = {"epochs": pick, "train_miou_13": {str(e): scores[e] for e in epochs}}
+    return {"epochs": max(c["epochs"] for c in chosen.values()), "min_gain": min_gain,
+            "methods": chosen}
+
+
+def _child_argv(args, *, seeds: str, methods: str, arms: str | None, epochs: str,
+                budget_mode: bool) -> list[str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--data",
+            str(args.data), "--seeds", seeds, "--methods", methods, "--epochs", epochs,
+            "--amp", args.amp, "--domain-images", str(args.domain_images),
+            "--continue-epochs", str(args.continue_epochs), "--no-summary"]
+    if budget_mode:
+        argv.append("--budget")
+    if arms:
+        argv += ["--arms", arms]
+    return argv + ["--", *args.overrides]
+
+
+def run_parallel(jobs: list[dict], n: int, out: Path) -> list[str]:
+    """Run ``jobs`` ({name, argv, after: [names]}) ``n`` at a time; the names of those failed.
+
+    A job starts once every job named in its ``after`` has finished well; one whose prerequisite
+    failed is not started (and counts as failed).
+    """
+    import torch
+
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    threads = max(1, (os.cpu_count() or 1) // n)
+    pending, running, done, failed = list(jobs), {}, set(), []
+    slot = 0
+    start = time.perf_counter()
+    names = {j["name"] for j in jobs}
+    while pending or running:
+        for job in list(pending):
+            after = [a for a in job.get("after", []) if a in names]
+            if any(a in failed for a in after):
+                pending.remove(job)
+                failed.append(job["name"])
+                print(f"   skipped {job['name']}: a job it starts from failed", flush=True)
+            elif len(running) < n and all(a in done for a in after):
+                pending.remove(job)
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+                if gpus > 1:
+                    env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+                slot += 1
+                log = open(logs / f"{job['name']}.log", "ab")
+                proc = subprocess.Popen(job["argv"], stdout=log, stderr=subprocess.STDOUT,
+                                        env=env)
+                running[job["name"]] = (proc, log, time.perf_counter())
+                print(f"   started {job['name']} ({time.strftime('%H:%M:%S')})", flush=True)
+        for name, (proc, log, t0) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            log.close()
+            del running[name]
+            (done.add(name) if code == 0 else failed.append(name))
+            finished = len(done) + len(failed)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / finished * (len(jobs) - finished)
+            print(f"   {'finished' if code == 0 else f'FAILED (exit {code})'} {name} in "
+                  f"{(time.perf_counter() - t0) / 60:.1f} min; {finished}/{len(jobs)} jobs, "
+                  f"{elapsed / 60:.1f} min so far, about {eta / 60:.1f} min left"
+                  + ("" if code == 0 else f" (log: {logs / (name + '.log')})"), flush=True)
+        time.sleep(1.0)
+    return failed
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -297,7 +425,11 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--epochs", default="4", help="stage-1 epochs from scratch (--budget: a "
-                   "comma list)")
+                   "comma list; auto:DIR: chosen from the budget sweep in DIR)")
+    p.add_argument("--min-gain", type=float, default=1.0, help="with --epochs auto:DIR: the "
+                   "train seed mIoU gain below which more epochs count as not rising")
+    p.add_argument("--jobs", type=int, default=1, help="jobs run at once (own processes)")
+    p.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--continue-epochs", type=int, default=2)
     p.add_argument("--amp", choices=("none", "bf16"), default="bf16")
     p.add_argument("--domain-images", type=int, default=200)
@@ -325,16 +457,55 @@ def main(argv=None) -> int:
         args.overrides = ["train.epochs=null", "train.iterations=12", "train.checkpoint_every=6",
                           *args.overrides]
         args.domain_images = min(args.domain_images, 16)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: expected at least 1")
     if args.budget:
         args.epochs_list = _ints(args.epochs, "--epochs")
+        if args.jobs > 1:
+            jobs = [{"name": f"budget-e{e}-{m}",
+                     "argv": _child_argv(args, seeds=str(args.seeds[0]), methods=m, arms=None,
+                                         epochs=str(e), budget_mode=True)}
+                    for e in args.epochs_list for m in args.methods]
+            failed = run_parallel(jobs, args.jobs, args.out)
+            if failed:
+                raise SystemExit(f"failed: {', '.join(failed)}")
         budget(args)
         return 0
+    if args.epochs.startswith("auto:"):
+        from plda.utils.io import atomic_write_json
+
+        choice = choose_budget(read_budget(Path(args.epochs[5:])), args.min_gain)
+        print(f"budget from {args.epochs[5:]}: {choice['epochs']} epochs "
+              f"({json.dumps(choice['methods'])})", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "budget_choice.json", choice)
+        args.epochs = str(choice["epochs"])
     args.epochs = _ints(args.epochs, "--epochs")[0]
+    if args.jobs > 1:
+        jobs = []
+        for arm in arms:
+            for seed in args.seeds:
+                for method in args.methods:
+                    after = []
+                    if arm == "continue":
+                        base = method if method in BASELINES else next(
+                            b for b, v in BASELINES.items() if v == method)
+                        after = [f"scratch-seed{seed}-{base}"]
+                    jobs.append({"name": f"{arm}-seed{seed}-{method}", "after": after,
+                                 "argv": _child_argv(args, seeds=str(seed), methods=method,
+                                                     arms=arm, epochs=str(args.epochs),
+                                                     budget_mode=False)})
+        failed = run_parallel(jobs, args.jobs, args.out)
+        summarise(args.out)
+        if failed:
+            raise SystemExit(f"failed: {', '.join(failed)}")
+        return 0
     for arm in arms:  # every scratch run first: the continue arm starts from them
         for seed in args.seeds:
             for method in args.methods:
                 run_job(arm, method, seed, args)
-    summarise(args.out)
+    if not args.no_summary:
+        summarise(args.out)
     return 0
 
 

@@ -22,7 +22,7 @@ def _write(out: Path, arm: str, method: str, seed: int, val13: float, train13: f
     purity = {k: 10.0 * (seed + 1) for k in plda_verdict.PURITY_KEYS}
     row = {"arm": arm, "method": method, "seed": seed, "val_miou_13": val13,
            "val_miou_present": val13 - 1, "train_miou_13": train13,
-           "train_miou_present": train13 - 1, "val_iou": {"cat": iou_cat, "dog": 20.0},
+           "train_miou_present": train13 - 1, "val_iou": {"cat": iou_cat, "dog": 20.0, "train": None},
            "classification": {"val": {"map": 50.0 + seed}}, "minutes": 3.0,
            "domains": {"purity": purity}, "commit": "abc1234"}
     (run / plda_verdict.RESULT).write_text(json.dumps(row))
@@ -40,7 +40,7 @@ def test_summary_pairs_seeds_and_reports_the_difference(tmp_path):
                                                                    [0, 1, 2])
     val = c["scores"]["val_miou_13"]
     assert val["diff"] == [3.0, -1.0, 4.0] and val["plda_higher"] == 2
-    assert c["val_class_diff"] == {"cat": pytest.approx(1.0), "dog": 0.0}
+    assert c["val_class_diff"] == {"cat": pytest.approx(1.0), "dog": 0.0, "train": None}
     assert c["plda_purity"]["S in c"] == pytest.approx(20.0)
     text = (tmp_path / "summary.md").read_text()
     assert "| scratch | cam → cam_plda | 0,1,2 | 20.0 ± 2.0 | 22.0 ± 1.0 | 2.0 ± 2.6 (2 of 3)" \
@@ -69,3 +69,52 @@ def test_a_finished_run_is_not_run_again_and_a_continue_job_waits(tmp_path):
     # Its scratch baseline has no weights: the continue job does not start.
     assert plda_verdict.run_job("continue", "cam_plda", 0, args) == {}
     assert not (tmp_path / "continue").exists()
+
+
+def _budget_row(out: Path, method: str, epochs: int, train13: float) -> None:
+    run = out / f"e{epochs}" / method
+    run.mkdir(parents=True)
+    (run / "budget.json").write_text(json.dumps({"method": method, "epochs": epochs,
+                                                 "train_miou_13": train13}))
+
+
+def test_budget_stops_where_the_next_sweep_step_adds_too_little(tmp_path):
+    for epochs, score in ((1, 20.0), (2, 25.0), (4, 25.5), (8, 30.0)):
+        _budget_row(tmp_path, "cam", epochs, score)
+    for epochs, score in ((1, 10.0), (2, 14.0), (4, 19.0), (8, 21.0)):
+        _budget_row(tmp_path, "seam", epochs, score)
+    choice = plda_verdict.choose_budget(plda_verdict.read_budget(tmp_path), min_gain=1.0)
+    # cam: 2 -> 4 adds 0.5 (< 1): stops at 2, although 8 is higher again.
+    assert choice["methods"]["cam"]["epochs"] == 2
+    # seam: every step adds >= 1 point: the largest swept.
+    assert choice["methods"]["seam"]["epochs"] == 8
+    assert choice["epochs"] == 8
+    strict = plda_verdict.choose_budget(plda_verdict.read_budget(tmp_path), min_gain=2.5)
+    assert strict["methods"]["seam"]["epochs"] == 4 and strict["epochs"] == 4
+
+
+def test_budget_of_a_falling_curve_is_its_first_point(tmp_path):
+    for epochs, score in ((1, 20.0), (2, 18.0)):
+        _budget_row(tmp_path, "cam", epochs, score)
+    assert plda_verdict.choose_budget(plda_verdict.read_budget(tmp_path))["epochs"] == 1
+    with pytest.raises(SystemExit, match="no finished runs"):
+        plda_verdict.choose_budget(plda_verdict.read_budget(tmp_path / "empty"))
+
+
+def test_parallel_jobs_wait_for_what_they_start_from(tmp_path):
+    stamp = tmp_path / "order.txt"
+
+    def job(name: str, after=(), code: int = 0, sleep: float = 0.0) -> dict:
+        script = (f"import time; time.sleep({sleep}); "
+                  f"open({str(stamp)!r}, 'a').write({name!r} + '\\n'); raise SystemExit({code})")
+        return {"name": name, "after": list(after), "argv": [sys.executable, "-c", script]}
+
+    jobs = [job("slow", sleep=1.5), job("fast"), job("child", after=["slow"]),
+            job("broken", code=3), job("orphan", after=["broken"])]
+    failed = plda_verdict.run_parallel(jobs, 2, tmp_path)
+    order = stamp.read_text().split()
+    assert sorted(failed) == ["broken", "orphan"]
+    assert "orphan" not in order  # never started: what it starts from failed
+    assert order.index("child") > order.index("slow")
+    assert set(order) == {"slow", "fast", "child", "broken"}
+    assert (tmp_path / "logs" / "broken.log").is_file()
