@@ -13,7 +13,8 @@ elsewhere), CAMs for train and val at one scale + flip, seeds with the backgroun
 chosen on train:
 
 - ``scratch``: each of cam, cam_plda, seam, seam_plda trained from ImageNet for ``--epochs``
-  (the paper's protocol);
+  (the paper's protocol; default 8, 1,096 steps: the budget sweep's choice, see
+  docs/benchmarks.md);
 - ``continue``: each scratch baseline run of the same seed trained ``--continue-epochs`` more,
   with its own losses only (cam -> cam, seam -> seam) or with PLDA added (cam -> cam_plda,
   seam -> seam_plda) through ``model.init_from``: the same classifier state, the same extra
@@ -424,7 +425,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--epochs", default="4", help="stage-1 epochs from scratch (--budget: a "
+    p.add_argument("--epochs", default="8", help="stage-1 epochs from scratch (--budget: a "
                    "comma list; auto:DIR: chosen from the budget sweep in DIR)")
     p.add_argument("--min-gain", type=float, default=1.0, help="with --epochs auto:DIR: the "
                    "train seed mIoU gain below which more epochs count as not rising")
