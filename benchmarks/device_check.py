@@ -318,4 +318,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The checks import this package: from a checkout that was never pip-installed too.
+    sys.path.insert(0, str(ROOT / "src"))
     sys.exit(main())
