@@ -225,9 +225,10 @@ def summary_markdown(comparisons: list[dict], meta: dict) -> str:
              f"paired difference PLDA − baseline (on how many seeds PLDA is higher). "
              f"{meta}", "",
              "| arm | baseline → +PLDA | seeds | val 13: baseline | val 13: +PLDA "
-             "| val 13: Δ | val present: Δ | train 13: baseline | train 13: +PLDA "
+             "| val 13: Δ | val 13: Δ per seed | val present: baseline / +PLDA "
+             "| val present: Δ | train 13: baseline | train 13: +PLDA "
              "| train 13: Δ | val mAP: baseline / +PLDA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
         s = c["scores"]
         n = len(c["seeds"])
@@ -238,10 +239,23 @@ def summary_markdown(comparisons: list[dict], meta: dict) -> str:
         lines.append(
             f"| {c['arm']} | {c['baseline']} → {c['variant']} | {','.join(map(str, c['seeds']))} "
             f"| {_fmt(s['val_miou_13']['baseline'])} | {_fmt(s['val_miou_13']['plda'])} "
-            f"| {delta('val_miou_13')} | {delta('val_miou_present')} "
+            f"| {delta('val_miou_13')} "
+            f"| {' / '.join(f'{d:+.1f}' for d in s['val_miou_13']['diff'])} "
+            f"| {_fmt(s['val_miou_present']['baseline'])} / {_fmt(s['val_miou_present']['plda'])} "
+            f"| {delta('val_miou_present')} "
             f"| {_fmt(s['train_miou_13']['baseline'])} | {_fmt(s['train_miou_13']['plda'])} "
             f"| {delta('train_miou_13')} | {_fmt(c['baseline_val_map'])} / "
             f"{_fmt(c['plda_val_map'])} |")
+    classes = sorted({k for c in comparisons for k, v in c["val_class_diff"].items()
+                      if v is not None})
+    if classes:
+        lines += ["", "Per class, val IoU of +PLDA minus the baseline (points, mean over seeds):",
+                  "", "| arm | baseline → +PLDA | " + " | ".join(classes) + " |",
+                  "|---|---|" + "---|" * len(classes)]
+        for c in comparisons:
+            diff = c["val_class_diff"]
+            lines.append(f"| {c['arm']} | {c['baseline']} → {c['variant']} | " + " | ".join(
+                "-" if diff.get(k) is None else f"{diff[k]:+.1f}" for k in classes) + " |")
     lines += ["", "Domain purity (%, 200 training images, means over seeds; for a baseline what "
               "PLDA would be given by its maps):", "",
               "| arm | method | " + " | ".join(PURITY_KEYS) + " |",

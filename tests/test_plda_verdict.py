@@ -45,6 +45,8 @@ def test_summary_pairs_seeds_and_reports_the_difference(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "| scratch | cam → cam_plda | 0,1,2 | 20.0 ± 2.0 | 22.0 ± 1.0 | 2.0 ± 2.6 (2 of 3)" \
         in text
+    assert "| +3.0 / -1.0 / +4.0 |" in text  # the paired difference of each seed
+    assert "| scratch | cam → cam_plda | +1.0 | +0.0 |" in text  # per class: cat, dog
     assert json.loads((tmp_path / "summary.json").read_text())["comparisons"][0]["seeds"] == \
         [0, 1, 2]
 
