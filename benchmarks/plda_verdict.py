@@ -42,6 +42,12 @@ fewest epochs after which the next step of the sweep adds less than ``--min-gain
 train seed mIoU (13 classes), or the sweep's largest; the verdict uses the largest of these over
 the methods swept, so every baseline has stopped rising (``OUT/budget_choice.json`` records it).
 
+``--chain cam,cam_plda`` then carries the scratch runs of those methods (``--seeds``) through
+the rest of the chain, IRN pseudo masks on train and the light DeepLab evaluated on val (the
+presets' stage 2), in the same run folders with the overrides their ``verdict.json`` records, so
+stage 1, the CAMs and the seeds are reused; ``chain.json`` beside it holds the scores and the
+summary adds a table of them.
+
 ``--jobs N`` runs N jobs at once, each in its own process (``OUT/logs/<job>.log``), with
 ``OMP_NUM_THREADS`` = cores / N and, where several GPUs are visible, one GPU per job in turn; a
 ``continue`` job starts as soon as the scratch run it starts from is finished. For a machine
@@ -67,6 +73,7 @@ ARMS = ("scratch", "continue")
 SCORES = ("val_miou_13", "val_miou_present", "train_miou_13", "train_miou_present")
 PURITY_KEYS = ("S in c", "T in c", "T in bg", "CPS S in c", "CPS T in c")
 RESULT = "verdict.json"
+CHAIN = "chain.json"
 
 
 def _benchmarks():
@@ -143,6 +150,72 @@ def run_job(arm: str, method: str, seed: int, args) -> dict:
 
     atomic_write_json(result, row)
     return row
+
+
+def run_chain(method: str, seed: int, args) -> dict:
+    """The scratch run of ``method`` and ``seed`` carried on to IRN masks and the DeepLab."""
+    voc12subset, _ = _benchmarks()
+    folder = args.out / "scratch" / f"seed{seed}"
+    run = folder / method
+    result = run / CHAIN
+    if result.is_file():
+        return json.loads(result.read_text())
+    if not (run / RESULT).is_file():
+        print(f"   (no finished scratch run at {run}: run the verdict first)", flush=True)
+        return {}
+    # The overrides the run was made with: any other value would change a stage's fingerprint
+    # and retrain it.
+    overrides = json.loads((run / RESULT).read_text())["overrides"]
+    from plda.config import load_run_folder_config
+    from plda.pipeline.run import plan
+
+    data = Path(load_run_folder_config(run).data.root)  # as the run spelt it
+    _, _, cfg = voc12subset.method_config(method, folder, data, [*overrides, *args.overrides])
+    redo = {k: v for k, v in plan(cfg, ["data", "train", "cam", "seeds"]).items() if v != "skip"}
+    if redo:
+        raise SystemExit(f"{run}: the chain would not reuse the finished stages ({redo}): give "
+                         "the overrides the verdict was run with (train.*, cam.*, data.*)")
+    print(f"== chain seed {seed} {method} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
+    t0 = time.perf_counter()
+    row = voc12subset.run_method(method, folder, data, [*overrides, *args.overrides],
+                                 refine="irn", seg=True, label_free=False)
+    keep = ("method", "bg_threshold", "train_miou_13", "train_miou_present", "val_miou_13",
+            "val_miou_present", "refine", "refine_minutes", "seg_minutes")
+    row = {k: v for k, v in row.items() if k in keep or k.startswith(("pseudo_train_",
+                                                                          "seg_val_"))}
+    row.update({"arm": "scratch", "seed": seed, "overrides": overrides,
+                "minutes": (time.perf_counter() - t0) / 60.0, "commit": _commit(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    from plda.utils.io import atomic_write_json
+
+    atomic_write_json(result, row)
+    return row
+
+
+def chain_markdown(out: Path) -> str:
+    """A table of the finished chains under ``out`` (empty when there are none)."""
+    rows: dict[str, dict[int, dict]] = {}
+    for path in sorted(out.glob(f"scratch/seed*/*/{CHAIN}")):
+        row = json.loads(path.read_text())
+        rows.setdefault(row["method"], {})[row["seed"]] = row
+    if not rows:
+        return ""
+    lines = ["", "The whole chain from the scratch runs (mIoU %, 13 classes / present; mean ± sd "
+             "over seeds): seeds on val, IRN pseudo masks on train, the DeepLab trained on them "
+             "on val.", "",
+             "| method | seeds | seeds val | IRN pseudo train | DeepLab val | stage-2 min |",
+             "|---|---|---|---|---|---|"]
+    for method, by_seed in rows.items():
+        r = [by_seed[k] for k in sorted(by_seed)]
+
+        def pair(prefix: str) -> str:
+            return (f"{_fmt([x[prefix + '_miou_13'] for x in r])} / "
+                    f"{_fmt([x[prefix + '_miou_present'] for x in r])}")
+
+        minutes = [(x.get("refine_minutes") or 0) + (x.get("seg_minutes") or 0) for x in r]
+        lines.append(f"| {method} | {','.join(map(str, sorted(by_seed)))} | {pair('val')} "
+                     f"| {pair('pseudo_train')} | {pair('seg_val')} | {_fmt(minutes)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _commit() -> str | None:
@@ -278,7 +351,7 @@ def summarise(out: Path) -> list[dict]:
     commits = sorted({r.get("commit") or "?" for r in runs})
     meta = f"Runs: {len(runs)}; commits {', '.join(commits)}."
     atomic_write_json(out / "summary.json", {"comparisons": comparisons, "meta": meta})
-    text = summary_markdown(comparisons, meta)
+    text = summary_markdown(comparisons, meta) + chain_markdown(out)
     atomic_write_text(out / "summary.md", text)
     print(text)
     return comparisons
@@ -444,6 +517,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-gain", type=float, default=1.0, help="with --epochs auto:DIR: the "
                    "train seed mIoU gain below which more epochs count as not rising")
     p.add_argument("--jobs", type=int, default=1, help="jobs run at once (own processes)")
+    p.add_argument("--chain", default=None, help="comma list of methods whose scratch runs go "
+                   "on to IRN masks and the DeepLab (module doc)")
     p.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--continue-epochs", type=int, default=2)
     p.add_argument("--amp", choices=("none", "bf16"), default="bf16")
@@ -485,6 +560,16 @@ def main(argv=None) -> int:
             if failed:
                 raise SystemExit(f"failed: {', '.join(failed)}")
         budget(args)
+        return 0
+    if args.chain is not None:
+        chain = [m for m in args.chain.split(",") if m]
+        if not chain or set(chain) - set(METHODS):
+            raise SystemExit(f"--chain {args.chain!r}: expected methods among {METHODS}")
+        for seed in args.seeds:
+            for method in chain:
+                run_chain(method, seed, args)
+        if not args.no_summary:
+            summarise(args.out)
         return 0
     if args.epochs.startswith("auto:"):
         from plda.utils.io import atomic_write_json

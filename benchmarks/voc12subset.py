@@ -69,7 +69,7 @@ def _quick_dataset(source: Path, target: Path, n_train: int, n_val: int) -> Path
     labels = json.loads((source / "image_labels.json").read_text())
     atomic_write_text(target / "image_labels.json", json.dumps({k: v for k, v in labels.items()
                                                           if k in keep}))
-    return target
+    return target.resolve()  # one spelling of the data root, whichever process reads it
 
 
 def _mean(values) -> float | None:
@@ -106,19 +106,26 @@ def label_free_seeds(preset: str, location: list[str], overrides: list[str], run
     return make_seeds(cfg, [split]).get(split, {})
 
 
+def method_config(method: str, out: Path, data: Path | None, overrides: list[str],
+                  suite: str = "voc12subset", refine: str = "irn"):
+    """(preset name, location overrides, run config) of ``run_method``'s run."""
+    from plda.config import load_run_config
+
+    preset = f"synth_{method}" if suite == "synth" else f"voc12subset_{method}_effnetlite0"
+    location = [f"run_dir={out / method}"] + ([] if suite == "synth" else [f"data.root={data}"])
+    refine_override = [] if refine == "none" else [f"refine.method={refine}"]
+    return preset, location, load_run_config(preset, [*location, *overrides, *refine_override])
+
+
 def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
                suite: str = "voc12subset", refine: str = "irn", seg: bool = True,
                label_free: bool = True) -> dict:
     """The method's whole chain through ``plda run`` (each finished stage skipped on a re-run):
     stage 1 -> CAMs -> seeds, then (unless ``refine == "none"``) pseudo masks and (``seg``)
     the light DeepLab trained on them and evaluated on val. One results row."""
-    from plda.config import load_run_config
     from plda.pipeline.run import run_pipeline
 
-    preset = f"synth_{method}" if suite == "synth" else f"voc12subset_{method}_effnetlite0"
-    location = [f"run_dir={out / method}"] + ([] if suite == "synth" else [f"data.root={data}"])
-    refine_override = [] if refine == "none" else [f"refine.method={refine}"]
-    cfg = load_run_config(preset, [*location, *overrides, *refine_override])
+    preset, location, cfg = method_config(method, out, data, overrides, suite, refine)
     until = "seeds" if refine == "none" else "seg_eval" if seg else "refine"
     metrics = run_pipeline(cfg, until=until)
     seeds, cams = metrics["seeds"], metrics.get("cam", {})

@@ -120,3 +120,49 @@ def test_parallel_jobs_wait_for_what_they_start_from(tmp_path):
     assert order.index("child") > order.index("slow")
     assert set(order) == {"slow", "fast", "child", "broken"}
     assert (tmp_path / "logs" / "broken.log").is_file()
+
+
+def _finished_run(out: Path, method: str, seed: int, overrides: list[str]) -> Path:
+    """A scratch run folder whose stages are recorded as done with ``overrides``' fingerprints."""
+    from plda.config.loader import save_config
+    from plda.pipeline.run import fingerprints
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import voc12subset
+
+    sys.path.pop(0)
+    folder = out / "scratch" / f"seed{seed}"
+    _, _, cfg = voc12subset.method_config(method, folder, out / "data", overrides)
+    run = folder / method
+    run.mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    prints = fingerprints(cfg)
+    (run / "stages.json").write_text(json.dumps(
+        {s: {"fingerprint": prints[s], "done": True} for s in ("data", "train", "cam", "seeds")}))
+    (run / plda_verdict.RESULT).write_text(json.dumps({"overrides": overrides}))
+    return run
+
+
+def test_a_chain_refuses_to_retrain_a_run_made_with_other_overrides(tmp_path):
+    _finished_run(tmp_path, "cam", 0, ["train.epochs=8", "train.seed=0"])
+    # The verdict.json says 8 epochs; a chain given 4 more would change stage 1's fingerprint.
+    args = Namespace(out=tmp_path, data=tmp_path / "data", overrides=["train.epochs=4"])
+    with pytest.raises(SystemExit, match="would not reuse the finished stages.*'train': "
+                                         "'rerun'"):
+        plda_verdict.run_chain("cam", 0, args)
+    assert not (tmp_path / "scratch" / "seed0" / "cam" / plda_verdict.CHAIN).exists()
+
+
+def test_chain_table_reads_each_finished_chain(tmp_path):
+    for seed, (seg13, segp) in enumerate([(20.0, 25.0), (24.0, 29.0)]):
+        run = tmp_path / "scratch" / f"seed{seed}" / "cam"
+        run.mkdir(parents=True)
+        (run / plda_verdict.CHAIN).write_text(json.dumps(
+            {"method": "cam", "seed": seed, "val_miou_13": 30.0, "val_miou_present": 28.0,
+             "pseudo_train_miou_13": 33.0, "pseudo_train_miou_present": 31.0,
+             "seg_val_miou_13": seg13, "seg_val_miou_present": segp, "refine_minutes": 10.0,
+             "seg_minutes": 12.0}))
+    text = plda_verdict.chain_markdown(tmp_path)
+    assert "| cam | 0,1 | 30.0 ± 0.0 / 28.0 ± 0.0 | 33.0 ± 0.0 / 31.0 ± 0.0 " \
+           "| 22.0 ± 2.8 / 27.0 ± 2.8 | 22.0 ± 0.0 |" in text
+    assert plda_verdict.chain_markdown(tmp_path / "none") == ""
