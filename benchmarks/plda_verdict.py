@@ -88,13 +88,17 @@ def common_overrides(epochs: int, seed: int, amp: str) -> list[str]:
     return [f"train.epochs={epochs}", f"train.seed={seed}", f"train.amp={amp}", f"cam.amp={amp}"]
 
 
+def baseline_of(method: str) -> str:
+    """The baseline a method is (cam, seam) or adds PLDA to (cam_plda -> cam)."""
+    return method if method in BASELINES else next(b for b, v in BASELINES.items()
+                                                   if v == method)
+
+
 def job_overrides(arm: str, method: str, seed: int, args) -> tuple[str, list[str]]:
     """(the method run, its overrides) of one job of ``arm``."""
     if arm == "scratch":
         return method, common_overrides(args.epochs, seed, args.amp)
-    baseline = method if method in BASELINES else next(b for b, v in BASELINES.items()
-                                                       if v == method)
-    start = args.out / "scratch" / f"seed{seed}" / baseline
+    start = args.out / "scratch" / f"seed{seed}" / baseline_of(method)
     return method, [*common_overrides(args.continue_epochs, seed, args.amp),
                     f"model.init_from={start}"]
 
@@ -259,13 +263,12 @@ def class_differences(base: list[dict], plda: list[dict]) -> dict[str, float | N
     A class absent from the split's ground truth has IoU None in a row: it is left out of the
     mean (None when no seed has it).
     """
-    classes = sorted({c for row in (*base, *plda) for c in (row.get("val_iou") or {})})
+    pairs = [(x.get("val_iou") or {}, y.get("val_iou") or {}) for x, y in zip(base, plda)]
+    classes = sorted({c for pair in pairs for iou in pair for c in iou})
     out: dict[str, float | None] = {}
     for c in classes:
-        diffs = [(y.get("val_iou") or {}).get(c) - (x.get("val_iou") or {}).get(c)
-                 for x, y in zip(base, plda)
-                 if (x.get("val_iou") or {}).get(c) is not None
-                 and (y.get("val_iou") or {}).get(c) is not None]
+        diffs = [y[c] - x[c] for x, y in pairs
+                 if x.get(c) is not None and y.get(c) is not None]
         out[c] = statistics.fmean(diffs) if diffs else None
     return out
 
@@ -588,9 +591,7 @@ def main(argv=None) -> int:
                 for method in args.methods:
                     after = []
                     if arm == "continue":
-                        base = method if method in BASELINES else next(
-                            b for b, v in BASELINES.items() if v == method)
-                        after = [f"scratch-seed{seed}-{base}"]
+                        after = [f"scratch-seed{seed}-{baseline_of(method)}"]
                     jobs.append({"name": f"{arm}-seed{seed}-{method}", "after": after,
                                  "argv": _child_argv(args, seeds=str(seed), methods=method,
                                                      arms=arm, epochs=str(args.epochs),
