@@ -143,12 +143,13 @@ def run_job(arm: str, method: str, seed: int, args) -> dict:
             print(f"   (waiting for {start}: its scratch run is not finished)", flush=True)
             return {}
     print(f"== {arm} seed {seed} {method} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
+    commit = _commit()  # the code that runs: HEAD may move while a long run trains
     t0 = time.perf_counter()
     row = voc12subset.run_method(method, folder, args.data, [*overrides, *args.overrides],
                                  refine="none", seg=False, label_free=False)
     row = score_run(run, row, ["train", "val"], args.amp, args.domain_images)
     row.update({"arm": arm, "seed": seed, "overrides": overrides,
-                "minutes": (time.perf_counter() - t0) / 60.0, "commit": _commit(),
+                "minutes": (time.perf_counter() - t0) / 60.0, "commit": commit,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     from plda.utils.io import atomic_write_json
 
@@ -180,6 +181,7 @@ def run_chain(method: str, seed: int, args) -> dict:
         raise SystemExit(f"{run}: the chain would not reuse the finished stages ({redo}): give "
                          "the overrides the verdict was run with (train.*, cam.*, data.*)")
     print(f"== chain seed {seed} {method} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
+    commit = _commit()  # the code that runs: HEAD may move while a long run trains
     t0 = time.perf_counter()
     row = voc12subset.run_method(method, folder, data, [*overrides, *args.overrides],
                                  refine="irn", seg=True, label_free=False)
@@ -188,7 +190,7 @@ def run_chain(method: str, seed: int, args) -> dict:
     row = {k: v for k, v in row.items() if k in keep or k.startswith(("pseudo_train_",
                                                                           "seg_val_"))}
     row.update({"arm": "scratch", "seed": seed, "overrides": overrides,
-                "minutes": (time.perf_counter() - t0) / 60.0, "commit": _commit(),
+                "minutes": (time.perf_counter() - t0) / 60.0, "commit": commit,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     from plda.utils.io import atomic_write_json
 
