@@ -73,6 +73,28 @@ def test_a_finished_run_is_not_run_again_and_a_continue_job_waits(tmp_path):
     assert not (tmp_path / "continue").exists()
 
 
+
+def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    heads = iter(["start01", "later02"])
+    monkeypatch.setattr(plda_verdict, "_commit", lambda: next(heads))
+
+    class Trainer:  # stands in for voc12subset: a commit lands while the run trains
+        @staticmethod
+        def run_method(method, folder, data, overrides, **kwargs):
+            assert plda_verdict._commit() == "later02"
+            (folder / method).mkdir(parents=True)
+            return {"method": method, "val_miou_13": 1.0}
+
+    monkeypatch.setattr(plda_verdict, "_benchmarks", lambda: (Trainer, None))
+    monkeypatch.setattr(plda_verdict, "score_run", lambda run, row, *a: row)
+    args = Namespace(out=tmp_path, epochs=1, continue_epochs=1, amp="bf16", data=tmp_path,
+                     overrides=[], domain_images=0)
+    row = plda_verdict.run_job("scratch", "cam", 0, args)
+    assert row["commit"] == "start01"
+    saved = json.loads((tmp_path / "scratch" / "seed0" / "cam" / plda_verdict.RESULT).read_text())
+    assert saved["commit"] == "start01"
+
+
 def _budget_row(out: Path, method: str, epochs: int, train13: float) -> None:
     run = out / f"e{epochs}" / method
     run.mkdir(parents=True)
