@@ -128,6 +128,23 @@ def score_run(run: Path, row: dict, splits: list[str], amp: str, domain_images: 
     return row
 
 
+def _begin(label: str) -> tuple[str | None, float]:
+    """Announce a job; the commit it runs (HEAD may move while it trains) and its start."""
+    print(f"== {label} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
+    return _commit(), time.perf_counter()
+
+
+def _finish(result: Path, row: dict, began: tuple[str | None, float], **fields) -> dict:
+    """``row`` with ``fields``, the commit and minutes of ``began`` and the time, written."""
+    from plda.utils.io import atomic_write_json
+
+    commit, t0 = began
+    row.update({**fields, "minutes": (time.perf_counter() - t0) / 60.0, "commit": commit,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    atomic_write_json(result, row)
+    return row
+
+
 def run_job(arm: str, method: str, seed: int, args) -> dict:
     """One run (skipped when its verdict.json exists); its verdict row."""
     voc12subset, _ = _benchmarks()
@@ -142,19 +159,11 @@ def run_job(arm: str, method: str, seed: int, args) -> dict:
         if not (start / "stage1.safetensors").is_file():
             print(f"   (waiting for {start}: its scratch run is not finished)", flush=True)
             return {}
-    print(f"== {arm} seed {seed} {method} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
-    commit = _commit()  # the code that runs: HEAD may move while a long run trains
-    t0 = time.perf_counter()
+    began = _begin(f"{arm} seed {seed} {method}")
     row = voc12subset.run_method(method, folder, args.data, [*overrides, *args.overrides],
                                  refine="none", seg=False, label_free=False)
     row = score_run(run, row, ["train", "val"], args.amp, args.domain_images)
-    row.update({"arm": arm, "seed": seed, "overrides": overrides,
-                "minutes": (time.perf_counter() - t0) / 60.0, "commit": commit,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    from plda.utils.io import atomic_write_json
-
-    atomic_write_json(result, row)
-    return row
+    return _finish(result, row, began, arm=arm, seed=seed, overrides=overrides)
 
 
 def run_chain(method: str, seed: int, args) -> dict:
@@ -180,22 +189,14 @@ def run_chain(method: str, seed: int, args) -> dict:
     if redo:
         raise SystemExit(f"{run}: the chain would not reuse the finished stages ({redo}): give "
                          "the overrides the verdict was run with (train.*, cam.*, data.*)")
-    print(f"== chain seed {seed} {method} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
-    commit = _commit()  # the code that runs: HEAD may move while a long run trains
-    t0 = time.perf_counter()
+    began = _begin(f"chain seed {seed} {method}")
     row = voc12subset.run_method(method, folder, data, [*overrides, *args.overrides],
                                  refine="irn", seg=True, label_free=False)
     keep = ("method", "bg_threshold", "train_miou_13", "train_miou_present", "val_miou_13",
             "val_miou_present", "refine", "refine_minutes", "seg_minutes")
     row = {k: v for k, v in row.items() if k in keep or k.startswith(("pseudo_train_",
                                                                           "seg_val_"))}
-    row.update({"arm": "scratch", "seed": seed, "overrides": overrides,
-                "minutes": (time.perf_counter() - t0) / 60.0, "commit": commit,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    from plda.utils.io import atomic_write_json
-
-    atomic_write_json(result, row)
-    return row
+    return _finish(result, row, began, arm="scratch", seed=seed, overrides=overrides)
 
 
 def chain_markdown(out: Path) -> str:

@@ -73,7 +73,6 @@ def test_a_finished_run_is_not_run_again_and_a_continue_job_waits(tmp_path):
     assert not (tmp_path / "continue").exists()
 
 
-
 def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
     heads = iter(["start01", "later02"])
     monkeypatch.setattr(plda_verdict, "_commit", lambda: next(heads))
