@@ -368,8 +368,6 @@ def summarise(out: Path) -> list[dict]:
 def budget(args) -> list[dict]:
     """Each method at each epoch count, one seed, scored on the training split only."""
     voc12subset, _ = _benchmarks()
-    from plda.utils.io import atomic_write_json
-
     seed = args.seeds[0]
     rows = []
     for epochs in args.epochs_list:
@@ -379,16 +377,14 @@ def budget(args) -> list[dict]:
             if result.is_file():
                 rows.append(json.loads(result.read_text()))
                 continue
-            print(f"== budget {method} {epochs} epochs ({time.strftime('%H:%M:%S')})", flush=True)
+            began = _begin(f"budget {method} {epochs} epochs")
             overrides = [f"train.epochs={epochs}", f"train.amp={args.amp}",
                          f"cam.amp={args.amp}", "data.eval_splits=[train]",
                          *([f"train.seed={seed}"] if seed else []), *args.overrides]
             row = voc12subset.run_method(method, folder, args.data, overrides, refine="none",
                                          seg=False, label_free=False)
             row = score_run(folder / method, row, ["train"], args.amp, 0)
-            row.update({"epochs": epochs, "seed": seed, "commit": _commit()})
-            atomic_write_json(result, row)
-            rows.append(row)
+            rows.append(_finish(result, row, began, epochs=epochs, seed=seed))
     print(f"\n{'method':10s} {'epochs':>6s} {'train 13':>8s} {'train':>6s} {'thr':>5s} "
           f"{'mAP':>6s} {'F1':>5s} {'train min':>9s}")
     for r in rows:

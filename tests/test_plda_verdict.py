@@ -73,7 +73,8 @@ def test_a_finished_run_is_not_run_again_and_a_continue_job_waits(tmp_path):
     assert not (tmp_path / "continue").exists()
 
 
-def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+@pytest.mark.parametrize("job", ["verdict", "budget"])
+def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch, job):
     heads = iter(["start01", "later02"])
     monkeypatch.setattr(plda_verdict, "_commit", lambda: next(heads))
 
@@ -82,16 +83,26 @@ def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
         def run_method(method, folder, data, overrides, **kwargs):
             assert plda_verdict._commit() == "later02"
             (folder / method).mkdir(parents=True)
-            return {"method": method, "val_miou_13": 1.0}
+            return {"method": method, "val_miou_13": 1.0, "train_miou_13": 1.0,
+                    "train_miou_present": 1.0, "bg_threshold": 0.2, "train_minutes": 0.1}
+
+    def score(run, row, *a):
+        row["classification"] = {"train": {"map": 50.0, "f1": 0.5}}
+        return row
 
     monkeypatch.setattr(plda_verdict, "_benchmarks", lambda: (Trainer, None))
-    monkeypatch.setattr(plda_verdict, "score_run", lambda run, row, *a: row)
+    monkeypatch.setattr(plda_verdict, "score_run", score)
     args = Namespace(out=tmp_path, epochs=1, continue_epochs=1, amp="bf16", data=tmp_path,
-                     overrides=[], domain_images=0)
-    row = plda_verdict.run_job("scratch", "cam", 0, args)
+                     overrides=[], domain_images=0, seeds=[0], epochs_list=[1],
+                     methods=["cam"], no_summary=True)
+    if job == "verdict":
+        row = plda_verdict.run_job("scratch", "cam", 0, args)
+        saved = tmp_path / "scratch" / "seed0" / "cam" / plda_verdict.RESULT
+    else:
+        [row] = plda_verdict.budget(args)
+        saved = tmp_path / "e1" / "cam" / "budget.json"
     assert row["commit"] == "start01"
-    saved = json.loads((tmp_path / "scratch" / "seed0" / "cam" / plda_verdict.RESULT).read_text())
-    assert saved["commit"] == "start01"
+    assert json.loads(saved.read_text())["commit"] == "start01"
 
 
 def _budget_row(out: Path, method: str, epochs: int, train13: float) -> None:
