@@ -1,14 +1,17 @@
-"""``plda prepare voc|coco``: image-level labels and lists in the layout the toolkit reads."""
+"""``plda prepare voc|coco|folder``: image-level labels and lists in the layout the toolkit
+reads."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "prepare", help="write image-level labels and image lists (VOC) or convert COCO",
-        description="Prepare a dataset: VOC labels + train_aug list, or COCO → VOC layout.")
+        "prepare", help="import your photos + tags, write VOC labels and lists, or convert COCO",
+        description="Prepare a dataset: a folder of photos with a tags file → VOC layout; VOC "
+        "labels + train_aug list; or COCO → VOC layout.")
     targets = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
 
     voc = targets.add_parser(
@@ -36,8 +39,53 @@ def register(subparsers) -> None:
                       help="how images are placed in OUT/JPEGImages (default copy)")
     coco.set_defaults(func=run)
 
+    folder = targets.add_parser(
+        "folder", help="import a folder of photos and a tags file (masks optional)",
+        description="Import PHOTOS (images at any depth, any extension and letter case) tagged "
+        "by a CSV (file,tags; tags of a photo separated by --tag-sep) or JSON ({file: [tags]}) "
+        "file into a dataset in VOC layout at OUT: JPEGImages/, classes.txt (label k = line k), "
+        "image_labels.json, ImageSets/Segmentation/{train,val}.txt, SegmentationClass/ for the "
+        "masks given, import.json. Then: plda run own_cam_effnetlite0 data.root=OUT.")
+    folder.add_argument("photos", metavar="PHOTOS", help="folder of images")
+    folder.add_argument("--tags", required=True, metavar="FILE",
+                        help="tags.csv (file,tags) or tags.json ({file: [tags]})")
+    folder.add_argument("--out", required=True, metavar="OUT", help="dataset folder to write")
+    folder.add_argument("--masks", metavar="DIR", default=None,
+                        help="label PNGs for some or all photos, named by the photo's stem "
+                        "(value k = line k of classes.txt, 0 background, 255 ignore)")
+    folder.add_argument("--classes", metavar="FILE", default=None,
+                        help="the class list, one per line, in label order (default: the tags' "
+                        "names, sorted)")
+    folder.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                        help="share of photos in val, drawn reproducibly with --seed "
+                        "(default %(default)s)")
+    folder.add_argument("--val-from-masks", action="store_true",
+                        help="val = exactly the photos that have a mask")
+    folder.add_argument("--seed", type=int, default=0, help="seed of the train/val draw")
+    folder.add_argument("--delimiter", default=",", metavar="CHAR",
+                        help="CSV column separator (default ','; e.g. ';' or tab)")
+    folder.add_argument("--tag-sep", default=";", metavar="SEP",
+                        help="separator of the tags inside one cell (default ';')")
+    folder.add_argument("--link", choices=("copy", "hardlink", "symlink"), default="copy",
+                        help="how photos are placed in OUT/JPEGImages (default copy)")
+    folder.add_argument("--name", default=None,
+                        help="the dataset's name in reports (default: the photo folder's name)")
+    folder.set_defaults(func=run)
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset == "folder":
+        from plda.data.prepare_folder import prepare_folder
+
+        delimiter = "\t" if args.delimiter in ("\\t", "tab", "TAB") else args.delimiter
+        prepare_folder(args.photos, args.tags, args.out, masks=args.masks,
+                       classes=args.classes, val_fraction=args.val_fraction,
+                       val_from_masks=args.val_from_masks, seed=args.seed,
+                       delimiter=delimiter, tag_sep=args.tag_sep, link=args.link,
+                       name=args.name)
+        print(f"next: plda run own_cam_effnetlite0 data.root={args.out} "
+              f"run_dir=runs/{Path(args.out).name}")
+        return 0
     if args.dataset == "voc":
         from plda.data.prepare_voc import prepare_voc
 

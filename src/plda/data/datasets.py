@@ -74,7 +74,8 @@ class LayoutDataset(Dataset):
                     missing_masks.append(image_id)
         if missing_images:
             raise DataError(f"{_few(missing_images)} of the {len(self.ids)} ids have no image in "
-                            f"{self.layout.root / 'JPEGImages'} (expected <id>.jpg, .jpeg or .png)")
+                            f"{self.layout.root / 'JPEGImages'} (expected <id>.jpg, .jpeg, .png, "
+                            ".bmp or .webp, in any letter case)")
         if missing_masks:
             where = mask_dir if mask_dir is not None else self.layout.mask_dir
             raise DataError(f"{_few(missing_masks)} of the {len(self.ids)} ids have no mask "

@@ -2,7 +2,7 @@
 
 ::
 
-    ROOT/JPEGImages/<id>.jpg              (.jpeg or .png with the same stem also accepted)
+    ROOT/JPEGImages/<id>.jpg              (.jpeg, .png, .bmp or .webp, in any letter case)
     ROOT/SegmentationClassAug/<id>.png    (preferred) or ROOT/SegmentationClass/<id>.png
     ROOT/ImageSets/Segmentation/<split>.txt
     ROOT/classes.txt                      (optional: one foreground class per line; VOC's 20 by default)
@@ -33,7 +33,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "train", "tvmonitor",
 )
 IGNORE_INDEX = 255
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MASK_FOLDERS = ("SegmentationClassAug", "SegmentationClass")
 LABEL_SOURCES = ("json", "xml", "masks")
 LABELS_FILE = "image_labels.json"
@@ -145,6 +145,7 @@ class DatasetLayout:
         self._json: dict[str, list[str]] | None = None
         self._ids: dict[str, list[str]] = {}
         self._warned_masks = False
+        self._images_by_stem: dict[str, Path] | None = None
 
     def __repr__(self) -> str:
         return f"DatasetLayout({str(self.root)!r}, classes={self.num_classes})"
@@ -190,13 +191,33 @@ class DatasetLayout:
         return list(self._ids[split])
 
     def image_path(self, image_id: str) -> Path:
+        """``JPEGImages/<id>.<ext>`` for any extension of :data:`IMAGE_EXTENSIONS` in any letter
+        case (``IMG_4009.JPG`` included); a ``DataError`` when there is none."""
         check_id(image_id)
+        folder = self.root / "JPEGImages"
         for ext in IMAGE_EXTENSIONS:
-            p = self.root / "JPEGImages" / f"{image_id}{ext}"
+            p = folder / f"{image_id}{ext}"
             if p.is_file():
                 return p
+        found = self._case_variants().get(image_id)
+        if found is not None:
+            return found
         raise DataError(f"image {image_id!r} not found: expected "
-                        f"{self.root / 'JPEGImages' / image_id}{{{','.join(IMAGE_EXTENSIONS)}}}")
+                        f"{folder / image_id}{{{','.join(IMAGE_EXTENSIONS)}}} (any letter case)")
+
+    def _case_variants(self) -> dict[str, Path]:
+        """``{stem: path}`` of the images whose extension is not in lower case (listed once)."""
+        if self._images_by_stem is None:
+            found: dict[str, Path] = {}
+            folder = self.root / "JPEGImages"
+            if folder.is_dir():
+                for p in sorted(folder.iterdir()):
+                    suffix = p.suffix
+                    if suffix.lower() in IMAGE_EXTENSIONS and suffix != suffix.lower() \
+                            and p.is_file():
+                        found.setdefault(p.stem, p)
+            self._images_by_stem = found
+        return self._images_by_stem
 
     def mask_path(self, image_id: str) -> Path | None:
         """The ground-truth mask of ``image_id``, or ``None`` when it has none."""
@@ -205,6 +226,14 @@ class DatasetLayout:
             return None
         p = self.mask_dir / f"{image_id}.png"
         return p if p.is_file() else None
+
+    def masked_ids(self, split: str | list[str]) -> list[str]:
+        """The ids of ``split`` (a split name or a list of ids) that have a ground-truth mask,
+        in list order. Masks are optional: any subset of a split, none included, may have one."""
+        ids = self.ids(split) if isinstance(split, str) else list(split)
+        if self.mask_dir is None:
+            return []
+        return [i for i in ids if self.mask_path(i) is not None]
 
     # ---- loading -------------------------------------------------------------------------
     def load_image(self, image_id: str):
