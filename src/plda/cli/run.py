@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def next_steps(cfg) -> str:
-    """One line: segment your own images with this run, or run a real-data preset."""
+    """What to do next: segment new images with this run, and train on one's own tagged photos
+    with the preset the measured evidence supports (plain CAM: the best baseline of the
+    README's verdict; PLDA lowered it there)."""
     return (f"next: segment your own images with 'plda predict {cfg.run_dir} IMAGES --out DIR'; "
-            "train on real data with 'plda run voc12subset_seam_plda_effnetlite0 "
-            "data.root=VOC_FOLDER' (README: Real data)")
+            "train on your own tagged photos with 'plda prepare folder PHOTOS --tags tags.csv "
+            "--out data/own' then 'plda run own_cam_effnetlite0' (plain CAM, the best baseline "
+            "measured; README: Your own photos)")

@@ -68,6 +68,9 @@ class ModelConfig:
             raise ConfigError(f"model.output_stride={self.output_stride!r}: expected 8, 16 or 32")
 
 
+LABEL_FREE_DEFAULT = "otsu"
+
+
 @dataclass
 class CamConfig:
     """Multi-scale CAM inference and seed thresholds (reference §3)."""
@@ -93,6 +96,10 @@ class CamConfig:
     bg_threshold: Optional[float] = None
     sweep: tuple[float, float, float] = (0.20, 0.60, 0.01)
     sweep_split: str = "train"
+    # With no masks to tune on (``plda.inference.thresholds``): "otsu", "soft_miou" or
+    # "fixed:V". Chosen as the rule whose threshold landed closest to the mask-tuned one on the
+    # training splits of the VOC sample and the synthetic set (docs/benchmarks.md).
+    label_free: str = LABEL_FREE_DEFAULT
 
     def __post_init__(self) -> None:
         self.scales = tuple(self.scales)
@@ -108,6 +115,9 @@ class CamConfig:
         if self.max_side is not None and self.max_side < 32:
             raise ConfigError(f"cam.max_side={self.max_side!r}: expected at least 32 pixels, "
                               "or null for no limit")
+        from plda.inference.thresholds import check_rule
+
+        check_rule(self.label_free)
         for name in ("bg_threshold", "score_threshold"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:

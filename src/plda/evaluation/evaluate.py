@@ -271,6 +271,17 @@ def _skip_report(skipped: list[tuple[str, str]], total: int) -> dict[str, Any]:
     return {"skipped": [{"id": i, "reason": r} for i, r in skipped]}
 
 
+def _check_gt_dir(gt_dir) -> None:
+    """Fail before any work when there is no ground-truth folder to score against."""
+    if gt_dir is None:
+        raise DataError("no ground-truth mask folder to score against (the dataset has no "
+                        "SegmentationClassAug/ or SegmentationClass/); score only images "
+                        "that have masks, or set cam.bg_threshold to skip the sweep")
+    if not Path(gt_dir).is_dir():
+        raise DataError(f"ground-truth folder {gt_dir} not found: expected a folder of "
+                        "<id>.png label maps")
+
+
 def _check_names(class_names: Sequence[str]) -> int:
     n = len(class_names)
     if not 2 <= n <= 255:
@@ -289,6 +300,7 @@ def evaluate_labels(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids:
     listed under ``skipped`` (``[{"id", "reason"}]``), ``images`` counting those scored.
     """
     n = _check_names(class_names)
+    _check_gt_dir(gt_dir)
     ids = [check_id(i) for i in ids]
     conf, skipped = _map_sum(_label_chunk, ids,
                              (str(pred_dir), str(gt_dir), n, ignore_index, skip_bad),
@@ -309,6 +321,7 @@ def evaluate_cams(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: Se
     in :func:`evaluate_labels`.
     """
     n = _check_names(class_names)
+    _check_gt_dir(gt_dir)
     given = [float(t) for t in thresholds]
     if not given:
         raise ConfigError("no background thresholds to evaluate")

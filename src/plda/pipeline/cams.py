@@ -93,35 +93,134 @@ def make_cams(cfg: RunConfig, splits=None, *, weights=None, dist=None) -> dict:
     return summary
 
 
+def _held_out(ids: list[str], seed: int = 0) -> tuple[list[str], list[str]]:
+    """``(tune, score)``: a reproducible half of ``ids`` (rounded up) and the rest."""
+    import hashlib
+
+    order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    tune = set(order[:(len(ids) + 1) // 2])
+    return [i for i in ids if i in tune], [i for i in ids if i not in tune]
+
+
+def choose_threshold(cfg: RunConfig, layout, splits: list[str], *,
+                     workers: int | None = None, say=print) -> tuple[dict, dict[str, list[str]]]:
+    """The background threshold and how it was chosen, with masks on none, some or all images.
+
+    1. ``cam.bg_threshold`` set: that value.
+    2. Some images of ``cam.sweep_split`` have masks: the sweep's best on those images.
+    3. Else, some images of another split in ``splits`` have masks: with two or more, the sweep
+       on a reproducible half of them (the split with the most masks) and that split scored on
+       the other half only, so no image both tunes and scores the threshold.
+    4. Else (no masks, or one): the label-free rule ``cam.label_free`` on the CAMs of
+       ``cam.sweep_split`` (:mod:`plda.inference.thresholds`), said in one line.
+
+    Returns ``(record, exclude)``: ``record`` for ``metrics.json`` (``bg_threshold``, ``tuning``
+    and, for 2 and 3, ``sweep``) and, per split, the ids not to score (3's tuning half).
+    """
+    from plda.evaluation.evaluate import evaluate_cams
+
+    out = run_dir(cfg)
+    exclude: dict[str, list[str]] = {}
+    if cfg.cam.bg_threshold is not None:
+        return {"bg_threshold": float(cfg.cam.bg_threshold),
+                "tuning": {"how": "set", "setting": "cam.bg_threshold"}}, exclude
+    sweep_split = cfg.cam.sweep_split
+    masked = {s: layout.masked_ids(s) for s in dict.fromkeys([sweep_split, *splits])}
+    tune_split, tune_ids, held_out = sweep_split, masked[sweep_split], False
+    if not tune_ids:
+        candidates = sorted(((len(ids), s) for s, ids in masked.items() if len(ids) >= 2),
+                            key=lambda t: (-t[0], splits.index(t[1]) if t[1] in splits else 0))
+        if candidates:
+            tune_split = candidates[0][1]
+            tune_ids, score_ids = _held_out(masked[tune_split])
+            exclude[tune_split] = tune_ids
+            held_out = True
+    if tune_ids:
+        sweep = evaluate_cams(out / "cams" / tune_split, layout.mask_dir, tune_ids,
+                              layout.class_names, sweep_thresholds(cfg), num_workers=workers)
+        threshold = float(sweep["best_threshold"])
+        total = len(layout.ids(tune_split))
+        tuning = {"how": "held-out sweep" if held_out else "sweep", "split": tune_split,
+                  "images": len(tune_ids), "images_in_split": total}
+        if held_out:
+            tuning["tuned_ids"] = list(tune_ids)
+            tuning["scored_ids"] = [i for i in masked[tune_split] if i not in set(tune_ids)]
+            say(f"[seeds] {sweep_split!r} has no masks: the background threshold {threshold:.2f} "
+                f"was tuned on {len(tune_ids)} of the {len(masked[tune_split])} masked images of "
+                f"{tune_split!r} and that split is scored on the other "
+                f"{len(tuning['scored_ids'])} only (their ids: metrics.json, seeds.tuning)")
+        elif len(tune_ids) < total:
+            say(f"[seeds] background threshold {threshold:.2f} tuned on the {len(tune_ids)} of "
+                f"{total} images of {tune_split!r} that have masks")
+        return {"bg_threshold": threshold, "tuning": tuning,
+                "sweep": {"split": tune_split, "curve": sweep["sweep"],
+                          "best_threshold": threshold, "images": len(tune_ids)}}, exclude
+    from plda.inference.thresholds import cam_histogram, rule_threshold
+
+    rule = cfg.cam.label_free
+    source = next((s for s in [sweep_split, *splits] if (out / "cams" / s).is_dir()), sweep_split)
+    hist = cam_histogram(out / "cams" / source, layout.ids(source), num_workers=workers)
+    found = rule_threshold(hist, rule)
+    # Kept inside the range the sweep would search (cam.sweep): a flat or empty CAM
+    # distribution (an untrained classifier) can put Otsu's split near 0 or 1.
+    low, high = cfg.cam.sweep[0], sweep_thresholds(cfg)[-1]
+    threshold = round(min(max(found, low), high), 3)
+    clamped = "" if threshold == found else f", moved from {found:.3f} into cam.sweep's range"
+    say(f"[seeds] no ground-truth masks to tune on: background threshold {threshold:.3f} chosen "
+        f"without labels (rule cam.label_free={rule} on the CAMs of {source!r}{clamped}; set "
+        f"cam.bg_threshold=T to fix it)")
+    tuning = {"how": "label-free", "rule": rule, "split": source,
+              "images": len(layout.ids(source)), "rule_threshold": found}
+    return {"bg_threshold": threshold, "tuning": tuning}, exclude
+
+
+def score_entry(result: dict, ids_total: int, scored: int) -> dict:
+    """A split's score record: the scores and how many of its images had masks."""
+    keep = {k: result[k] for k in ("miou", "iou", "precision", "recall") if k in result}
+    return {**keep, "images": scored, "images_total": ids_total}
+
+
+def unscored_entry(split: str, ids_total: int, why: str) -> dict:
+    """The record of a split that could not be scored, with the reason."""
+    return {"miou": None, "images": 0, "images_total": ids_total, "reason": why}
+
+
 def make_seeds(cfg: RunConfig, splits=None, *, workers: int | None = None) -> dict:
-    """Choose the background threshold (``cam.bg_threshold``, or the sweep's best on
-    ``cam.sweep_split``), evaluate the CAM seeds of every split at it in one pass over the
-    files, write ``<run_dir>/seeds/<split>/<id>.png`` and record it all in ``metrics.json``."""
+    """Choose the background threshold (:func:`choose_threshold`: set, tuned on the images that
+    have masks, or label-free), write ``<run_dir>/seeds/<split>/<id>.png`` and score every
+    split on its images that have masks (a split without any gets a reason instead); record it
+    all in ``metrics.json``."""
     from plda.evaluation.evaluate import evaluate_cams
     from plda.inference.seeds import write_seeds
 
     layout = load_layout(cfg, generate=False)
     out = run_dir(cfg)
     splits = list(splits or cfg.data.eval_splits)
-    gt_dir = layout.mask_dir
-    result: dict = {}
-    threshold = cfg.cam.bg_threshold
-    if threshold is None:
-        sweep = evaluate_cams(out / "cams" / cfg.cam.sweep_split, gt_dir,
-                              layout.ids(cfg.cam.sweep_split), layout.class_names,
-                              sweep_thresholds(cfg), num_workers=workers)
-        threshold = float(sweep["best_threshold"])
-        result["sweep"] = {"split": cfg.cam.sweep_split, "curve": sweep["sweep"],
-                           "best_threshold": threshold}
-    result["bg_threshold"] = threshold
+    result, exclude = choose_threshold(cfg, layout, splits, workers=workers)
+    threshold = result["bg_threshold"]
     for split in splits:
         ids = layout.ids(split)
         # Seeds depend on the threshold, which a new sweep may move: always rewrite them.
         write_seeds(out / "cams" / split, out / "seeds" / split, ids, threshold,
                     workers=workers, skip_existing=False)
-        if gt_dir is not None:
-            ev = evaluate_cams(out / "cams" / split, gt_dir, ids, layout.class_names,
+        skip = set(exclude.get(split, ()))
+        scored = [i for i in layout.masked_ids(split) if i not in skip]
+        if scored:
+            ev = evaluate_cams(out / "cams" / split, layout.mask_dir, scored, layout.class_names,
                                [threshold], num_workers=workers)
-            result[split] = {k: ev[k] for k in ("miou", "iou", "images") if k in ev}
+            result[split] = score_entry(ev, len(ids), len(scored))
+            if skip:
+                result[split]["held_out_from_tuning"] = True
+        else:
+            result[split] = unscored_entry(split, len(ids), no_masks_reason(layout, split, skip))
     update_metrics(cfg, "seeds", result)
     return result
+
+
+def no_masks_reason(layout, split: str, skip=()) -> str:
+    """Why ``split`` has no score."""
+    if skip:
+        return "its masked images all tuned the threshold"
+    if layout.mask_dir is None:
+        return f"the dataset has no masks (no SegmentationClass/ in {layout.root})"
+    return f"none of its {len(layout.ids(split))} images has a mask in {layout.mask_dir}"

@@ -234,17 +234,39 @@ def make_pseudo_masks(cfg: RunConfig, splits=None, *, dist=None) -> dict:
                         {"irn_thresholds": thresholds})
 
 
-def _split_entry(layout, split: str, out: Path, written: int, seconds: float) -> dict:
-    """Written count and timing of one split's pseudo masks, with their scores when the
-    dataset has masks."""
+def _split_entry(cfg: RunConfig, layout, split: str, out: Path, written: int,
+                 seconds: float) -> dict:
+    """Written count and timing of one split's pseudo masks, with their scores on the images
+    that have masks (not on those that tuned the background threshold); a reason when none."""
     from plda.evaluation.evaluate import evaluate_labels
+    from plda.pipeline.cams import no_masks_reason, score_entry
 
     entry = {"written": written, "seconds": seconds,
              "seconds_per_image": seconds / written if written else 0.0}
-    if layout.mask_dir is not None:
-        ev = evaluate_labels(out, layout.mask_dir, layout.ids(split), layout.class_names)
-        entry.update({k: ev[k] for k in ("miou", "iou", "images")})
+    ids = layout.ids(split)
+    skip = set(_tuning_ids(cfg, split))
+    scored = [i for i in layout.masked_ids(split) if i not in skip]
+    if scored:
+        ev = evaluate_labels(out, layout.mask_dir, scored, layout.class_names)
+        entry.update(score_entry(ev, len(ids), len(scored)))
+    else:
+        entry.update({"miou": None, "images": 0, "images_total": len(ids),
+                      "reason": no_masks_reason(layout, split, skip)})
     return entry
+
+
+def _tuning_ids(cfg: RunConfig, split: str) -> list[str]:
+    """The images of ``split`` that tuned the background threshold on a held-out half
+    (``metrics.json`` seeds.tuning): they are not scored, here as for the seeds."""
+    import json
+
+    try:
+        tuning = json.loads((run_dir(cfg) / "metrics.json").read_text())["seeds"]["tuning"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if isinstance(tuning, dict) and tuning.get("split") == split:
+        return list(tuning.get("tuned_ids") or [])
+    return []
 
 
 def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask,
@@ -275,7 +297,7 @@ def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask,
             written += 1
         seconds = time.perf_counter() - start
         barrier()
-        result[split] = _split_entry(layout, split, out, written, seconds) \
+        result[split] = _split_entry(cfg, layout, split, out, written, seconds) \
             if is_main_process() else {"written": written, "seconds": seconds}
     if is_main_process():
         update_metrics(cfg, "pseudo", {"method": method, **(extra or {}), **result})
@@ -343,7 +365,8 @@ def make_scored_pseudo_masks(cfg: RunConfig, method: str, splits=None, *,
         start = time.perf_counter()
         n = workers if workers is not None else (os.cpu_count() or 1) if method == "crf" else 1
         map_in_workers(_score_task, tasks, n, desc=f"pseudo masks {method} {split}")
-        result[split] = _split_entry(layout, split, out, len(tasks), time.perf_counter() - start)
+        result[split] = _split_entry(cfg, layout, split, out, len(tasks),
+                                     time.perf_counter() - start)
     update_metrics(cfg, "pseudo", result)
     return result
 

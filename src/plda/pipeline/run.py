@@ -107,8 +107,12 @@ def stage_settings(cfg: RunConfig, stage: str) -> dict:
                 **({"max_side": c.max_side} if c.max_side != 1024 else {})}
     if stage == "seeds":
         c = cfg.cam
+        from plda.config.schema import LABEL_FREE_DEFAULT
+
         return {"bg_threshold": c.bg_threshold, "sweep": list(c.sweep),
-                "sweep_split": c.sweep_split}
+                "sweep_split": c.sweep_split,
+                # only when not the default: runs made before the setting keep their fingerprint
+                **({"label_free": c.label_free} if c.label_free != LABEL_FREE_DEFAULT else {})}
     if stage == "refine":
         return _refine_settings(cfg)
     if stage == "seg_train":
@@ -158,7 +162,7 @@ STAGE_OUTPUTS = {
     "report": ("report.html",),
 }
 # metrics.json sections each stage writes (dropped with its outputs).
-STAGE_METRICS = {"train": ("train",), "cam": ("cam",), "seeds": ("seeds",),
+STAGE_METRICS = {"train": ("train",), "cam": ("cam", "classification"), "seeds": ("seeds",),
                  "refine": ("pseudo", "irn_train", "affinity_train"),
                  "seg_train": ("seg_train",), "seg_eval": ("seg",)}
 
@@ -207,15 +211,19 @@ def _remove_outputs(cfg: RunConfig, stage: str) -> list[str]:
             removed.append(name)
     metrics_path = out / "metrics.json"
     sections = STAGE_METRICS.get(stage, ())
-    if sections and metrics_path.is_file():
+    if metrics_path.is_file():
         try:
             data = json.loads(metrics_path.read_text())
         except json.JSONDecodeError:
             data = {}
-        if any(s in data for s in sections):
+        timing = data.get("pipeline") if isinstance(data.get("pipeline"), dict) else {}
+        if any(s in data for s in sections) or stage in timing:
             from plda.utils.io import atomic_write_json
 
-            atomic_write_json(metrics_path, {k: v for k, v in data.items() if k not in sections})
+            kept = {k: v for k, v in data.items() if k not in sections}
+            if stage in timing:  # the old outputs' time is not this run's
+                kept["pipeline"] = {k: v for k, v in timing.items() if k != stage}
+            atomic_write_json(metrics_path, kept)
     return removed
 
 
@@ -241,6 +249,22 @@ def _run_data(cfg: RunConfig, dist) -> None:
     for split in {cfg.data.train_split, *cfg.data.eval_splits}:
         layout.ids(split)  # a missing or malformed list file fails here, not hours later
     verify_data(cfg, layout)  # and so does an unreadable image or a bad mask
+    if is_main_process():
+        coverage = mask_coverage(cfg, layout)
+        update_metrics(cfg, "data", {"root": str(layout.root), "classes": layout.num_classes,
+                                     "masks": coverage})
+        print("[data] ground-truth masks: " + ", ".join(
+            f"{split} {c['masked']} of {c['images']}" for split, c in coverage.items())
+            + ("" if any(c["masked"] for c in coverage.values()) else
+               " (none: nothing is scored, the background threshold is chosen without labels)"),
+            flush=True)
+
+
+def mask_coverage(cfg: RunConfig, layout) -> dict[str, dict[str, int]]:
+    """Per split the run uses: how many images, how many with a ground-truth mask."""
+    splits = dict.fromkeys([cfg.data.train_split, *cfg.data.eval_splits])
+    return {s: {"images": len(layout.ids(s)), "masked": len(layout.masked_ids(s))}
+            for s in splits}
 
 
 def _run_train(cfg: RunConfig, dist) -> None:
@@ -387,19 +411,49 @@ def _run_pipeline(cfg: RunConfig, *, start: str | None, until: str | None,
             records[stage].update(done=True, seconds=timings[stage],
                                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             _write_records(out, records)
+            # Recorded as each stage ends, so the report (the last stage) shows this run's time
+            # of every stage that ran and no figure of an earlier run of a stage that re-ran.
+            _record_timing(cfg, stage, timings[stage])
             say(f"[{stage}] done in {timings[stage]:.1f} s")
         barrier()
-    if is_main_process() and timings:
-        path = out / "metrics.json"
-        previous = {}
-        if path.is_file():
-            try:
-                previous = json.loads(path.read_text()).get("pipeline", {})
-            except json.JSONDecodeError:
-                previous = {}
-        update_metrics(cfg, "pipeline", {**previous, **timings})
     path = out / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def tuning_text(seeds: dict) -> str:
+    """How the seeds' background threshold was chosen, in words (``metrics.json`` seeds)."""
+    tuning = seeds.get("tuning") if isinstance(seeds.get("tuning"), dict) else None
+    sweep = seeds.get("sweep") if isinstance(seeds.get("sweep"), dict) else None
+    if tuning is None:  # runs recorded before the tuning record existed
+        return f"the best of the sweep on {sweep['split']}" if sweep else "set"
+    how = tuning.get("how")
+    if how == "set":
+        return "set by cam.bg_threshold"
+    if how == "label-free":
+        return (f"chosen without labels: rule {tuning.get('rule')} on the CAMs of "
+                f"{tuning.get('split')}, no masks to tune on")
+    if how == "held-out sweep":
+        return (f"the best of the sweep on {tuning.get('images')} masked images of "
+                f"{tuning.get('split')}; that split is scored on its other "
+                f"{len(tuning.get('scored_ids') or [])} masked images")
+    images, total = tuning.get("images"), tuning.get("images_in_split")
+    masks = "" if images == total else f", the {images} of {total} images with masks"
+    return f"the best of the sweep on {tuning.get('split')}{masks}"
+
+
+def _record_timing(cfg: RunConfig, stage: str, seconds: float) -> None:
+    """Set ``stage``'s seconds in ``metrics.json`` section ``pipeline`` (kept in stage order)."""
+    path = run_dir(cfg) / "metrics.json"
+    previous: dict = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text()).get("pipeline", {}) or {}
+        except (json.JSONDecodeError, AttributeError):
+            previous = {}
+    merged = {**previous, stage: seconds}
+    order = {name: k for k, name in enumerate(STAGES)}
+    update_metrics(cfg, "pipeline", dict(sorted(merged.items(),
+                                                key=lambda kv: order.get(kv[0], len(order)))))
 
 
 def _fmt(value, spec: str = "6.1f") -> str:
@@ -419,9 +473,7 @@ def format_metrics(metrics: dict) -> str:
                      f"{res['images']} images")
     seeds = metrics.get("seeds")
     if seeds and "bg_threshold" in seeds:
-        sweep = seeds.get("sweep")
-        lines.append(f"background threshold: {seeds['bg_threshold']:.2f}"
-                     + (f" (the best of the sweep on {sweep['split']})" if sweep else " (set)"))
+        lines.append(f"background threshold: {seeds['bg_threshold']:.3g} ({tuning_text(seeds)})")
     rows = [("seeds", metrics.get("seeds")), ("pseudo masks", metrics.get("pseudo")),
             ("segmentation", metrics.get("seg"))]
     splits: list[str] = []
@@ -439,6 +491,20 @@ def format_metrics(metrics: dict) -> str:
                 res = section.get(split)
                 cells.append(_fmt(res.get("miou") if isinstance(res, dict) else None, "8.1f"))
             lines.append(f"{name:14s} " + " ".join(cells))
+        unscored: dict[str, list[str]] = {}
+        for name, section in rows:
+            for split in splits:
+                res = (section or {}).get(split)
+                if not isinstance(res, dict):
+                    continue
+                total, scored = res.get("images_total"), res.get("images")
+                if res.get("miou") is None and res.get("reason"):
+                    unscored.setdefault(res["reason"], []).append(f"{name} on {split}")
+                elif isinstance(total, int) and isinstance(scored, int) and scored < total:
+                    lines.append(f"{name} on {split}: scored on the {scored} of {total} images "
+                                 "with masks")
+        for reason, where in unscored.items():
+            lines.append(f"not scored, {reason}: {', '.join(where)}")
         lines.append(
             "mIoU against the ground-truth masks (0-100, higher is better). seeds: the CAMs "
             "thresholded, with the true image labels; pseudo masks: the seeds refined, what the "

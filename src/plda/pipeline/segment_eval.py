@@ -132,17 +132,27 @@ def evaluate_segmentation(cfg: RunConfig, splits=None, *, weights=None, dist=Non
         per_image = max((s / w for w, s in counts if w), default=0.0)
         entry: dict = {"images": len(all_ids), "written": total_written,
                        "seconds_per_image": per_image}
-        # A split without ground truth (VOC's test) is predicted, not scored; a split with
-        # some masks missing is scored and the first missing mask named by evaluate_labels.
-        scored = any(layout.mask_path(i) is not None for i in all_ids)
+        # Scored on the images that have masks (none: VOC's test, or one's own photos), minus
+        # those that tuned the background threshold on a held-out half; a reason otherwise.
+        from plda.pipeline.cams import no_masks_reason
+        from plda.pipeline.refine import _tuning_ids
+
+        skip = set(_tuning_ids(cfg, split))
+        scored = [i for i in layout.masked_ids(all_ids) if i not in skip]
         if is_main_process() and scored:
             from plda.evaluation.evaluate import evaluate_labels
 
-            ev = evaluate_labels(folder, layout.mask_dir, all_ids, layout.class_names)
+            ev = evaluate_labels(folder, layout.mask_dir, scored, layout.class_names)
             ev["weights"], ev["settings"] = source["weights"], {k: source[k] for k in
                                                        ("scales", "flip", "crf", "amp")}
+            ev["images_total"] = len(all_ids)
             atomic_write_json(out_root / f"eval_{split}.json", ev)
-            entry.update({"miou": ev["miou"], "iou": ev["iou"]})
+            entry.update({"miou": ev["miou"], "iou": ev["iou"], "precision": ev["precision"],
+                          "recall": ev["recall"], "images": len(scored),
+                          "images_total": len(all_ids)})
+        elif is_main_process():
+            entry.update({"miou": None, "images": 0, "images_total": len(all_ids),
+                          "reason": no_masks_reason(layout, split, skip)})
         summary[split] = broadcast_object(entry)
     if is_main_process():
         _merge_metrics(cfg, summary)
