@@ -64,7 +64,8 @@ def test_folder_of_mixed_sizes_and_formats_gets_one_mask_each(tmp_path, checkpoi
     assert res["written"] == len(sizes) and res["bad"] == [] and res["total"] == len(sizes)
     assert res["class_names"] == CLASSES
     expected_files = {f"{s}.png" for s in sizes} | {f"{s}_overlay.jpg" for s in sizes}
-    assert {p.name for p in out.iterdir()} == expected_files
+    assert {p.name for p in out.iterdir()} == expected_files | {"classes.txt"}
+    assert (out / "classes.txt").read_text().splitlines() == CLASSES[1:]
     net, _ = load_segmentation_net(checkpoint)
     for stem, (h, w) in sizes.items():
         with Image.open(out / f"{stem}.png") as mask:
@@ -86,7 +87,7 @@ def test_folder_of_mixed_sizes_and_formats_gets_one_mask_each(tmp_path, checkpoi
     res = predict_images(checkpoint, [tmp_path / "in"], out, device="cpu")
     assert res["written"] == 1 and res["skipped_existing"] == len(sizes) - 1
     assert os.stat(out / "photo.png").st_mtime_ns == before
-    assert {p.name for p in out.iterdir()} == expected_files
+    assert {p.name for p in out.iterdir()} == expected_files | {"classes.txt"}
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path, checkpoint):
@@ -145,7 +146,8 @@ def test_cli_predict_and_skip_bad_report(tmp_path, checkpoint, capsys):
     captured = capsys.readouterr()
     assert code == 0
     assert "skipped 1 unreadable image(s)" in captured.err and "broken.png" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.png" for s in sizes)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}.png" for s in sizes]
+                                                           + ["classes.txt"])
     assert main(["predict", str(checkpoint), str(folder), "--out", str(out),
                  "--scales", "1,x"]) == 2
     assert "--scales" in capsys.readouterr().err
@@ -162,7 +164,8 @@ def test_cli_accepts_a_run_folder(tmp_path, checkpoint):
     Image.new("L", (12, 9), 128).save(tmp_path / "one.png")
     assert main(["predict", str(run), str(tmp_path / "one.png"), "--out", str(tmp_path / "o"),
                  "--device", "cpu", "--scales", "1.0"]) == 0
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["one.png", "one_overlay.jpg"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["classes.txt", "one.png",
+                                                                  "one_overlay.jpg"]
 
 
 def test_crf_without_pydensecrf_fails_before_any_work(tmp_path, checkpoint, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from plda.errors import ConfigError
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--list", metavar="FILE",
                    help="image ids, one per line (default: every file in --pred / --cams)")
     p.add_argument("--classes", metavar="FILE",
-                   help="foreground class names, one per line (default: the 20 VOC classes)")
+                   help="foreground class names, one per line (default: the classes.txt in "
+                   "--gt or in the dataset folder above it, else the 20 VOC classes)")
     threshold = p.add_mutually_exclusive_group()
     threshold.add_argument("--bg-threshold", type=_threshold, metavar="T",
                            help="with --cams: background threshold (SEAM's default is 0.26)")
@@ -42,6 +44,16 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="decoding processes (default: CPU count, at most 8; 0 = none)")
     p.set_defaults(func=run)
+
+
+def find_classes_file(gt_dir: str) -> Path | None:
+    """The ``classes.txt`` of the dataset whose masks are in ``gt_dir``: in that folder, or in
+    the dataset folder holding it (VOC layout: ``ROOT/SegmentationClass*/``)."""
+    gt = Path(gt_dir)
+    for candidate in (gt / "classes.txt", gt.parent / "classes.txt"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _threshold(text: str) -> float:
@@ -122,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
     if args.cams is not None and args.bg_threshold is None and args.sweep is None:
         raise ConfigError("--cams needs --bg-threshold T or --sweep START:STOP:STEP")
     thresholds = None if args.sweep is None else parse_sweep(args.sweep)
-    class_names = read_class_names(args.classes)
+    classes_file = args.classes if args.classes is not None else find_classes_file(args.gt)
+    class_names = read_class_names(classes_file)
+    print(f"classes: {len(class_names) - 1} + background, from "
+          + (str(classes_file) if classes_file is not None else
+             "VOC's 20 (no classes.txt in --gt or the folder above it; --classes FILE)"))
     folder = args.pred if args.pred is not None else args.cams
     ids = read_id_list(args.list) if args.list else find_ids(
         folder, ".png" if args.pred is not None else ".npz")

@@ -2,9 +2,13 @@
 
 No dataset, labels or config are needed: the weights file describes its network and classes
 (:func:`plda.segmentation.models.load_segmentation_net`). Each input ``<stem>.<ext>`` gives
-``<out>/<stem>.png`` (VOC palette label map, the input's size) and ``<out>/<stem>_overlay.jpg``.
-The overlay is written before the mask, so an existing mask means a finished image and a re-run
-skips it.
+``<out>/<stem>.png`` (label map of the input's size: value k is class k of the weights' class
+list, coloured by :func:`plda.vis.palette.palette_for` — VOC's colours for VOC's classes) and
+``<out>/<stem>_overlay.jpg`` (the mask over the photo, with a legend of the classes present).
+``<out>/classes.txt`` names the values (line k: value k, as a dataset's ``classes.txt``). The overlay is written before the mask, so an existing
+mask means a finished image and a re-run skips it. ``--areas FILE`` writes each image's class
+areas (pixels and share of the image) as JSON. Photos are read turned upright by their EXIF
+orientation, as viewers show them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def register(subparsers) -> None:
                    f"its mask upsampled, which bounds memory (default {DEFAULT_MAX_SIDE}; 0 = "
                    "no limit)")
     p.add_argument("--no-overlay", action="store_true", help="write the masks only")
+    p.add_argument("--areas", metavar="FILE", default=None,
+                   help="also write a JSON of every image's class areas (pixels and share)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose mask exists")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images (listed at the end) instead of stopping")
@@ -141,13 +147,14 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_image(path: Path):
-    """The image at ``path``, fully decoded (so a truncated file fails here, not later)."""
-    from PIL import Image, UnidentifiedImageError
+    """The image at ``path``, fully decoded (so a truncated file fails here, not later) and
+    turned upright by its EXIF orientation, as viewers and ``plda prepare folder`` show it."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy()
+            return ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path} ({exc}); expected a JPEG, PNG, BMP or "
@@ -159,7 +166,8 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
                    flip: bool = True, crf: bool = False, device: str = "auto",
                    amp: str = "none", batch_size: int = 1, overlay: bool = True,
                    overwrite: bool = False, skip_bad: bool = False,
-                   max_side: int | None = DEFAULT_MAX_SIDE) -> dict[str, Any]:
+                   max_side: int | None = DEFAULT_MAX_SIDE,
+                   areas: str | os.PathLike | None = None) -> dict[str, Any]:
     """Segment ``inputs`` (files and/or folders) with the network of ``checkpoint`` into
     ``out_dir`` (module docstring); see ``plda predict --help`` for the options.
 
@@ -168,16 +176,20 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
 
     Returns:
         ``{"written", "skipped_existing", "bad": [{"path", "error"}], "total", "seconds",
-        "seconds_per_image", "device", "out_dir", "class_names"}``.
+        "seconds_per_image", "device", "out_dir", "class_names"}`` and, with ``areas``,
+        ``"areas"``: the path of the JSON written.
     """
     from plda.segmentation.inference import iter_label_maps
     from plda.segmentation.models import load_segmentation_net
     from plda.utils.io import atomic_save_image, clean_stale_temporaries
     from plda.utils.progress import progress_bar
-    from plda.vis.overlay import label_overlay
-    from plda.vis.palette import save_label_png
+    from plda.utils.io import atomic_write_text, check_output_file
+    from plda.vis.overlay import label_overlay, with_legend
+    from plda.vis.palette import palette_for, save_label_png
 
     files = collect_inputs(inputs)
+    if areas is not None:
+        check_output_file(areas, "--areas")
     if crf:  # fail before any work, not at the first image
         from plda.refinement.crf import require_pydensecrf
 
@@ -190,7 +202,11 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a folder")
     net, meta = load_segmentation_net(checkpoint, device=dev)
+    class_names = list(meta["class_names"])
+    palette = palette_for(class_names)
     out.mkdir(parents=True, exist_ok=True)
+    # The dataset's format: foreground classes, value k = line k (background is 0).
+    atomic_write_text(out / "classes.txt", "".join(f"{n}\n" for n in class_names[1:]))
     names = [n for f in files for n in (f"{f.stem}.png", f"{f.stem}_overlay.jpg")]
     clean_stale_temporaries(out, names)
     inputs_real = {f.resolve() for f in files}
@@ -225,18 +241,54 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
             if overlay:
                 from PIL import Image
 
-                atomic_save_image(out / f"{path.stem}_overlay.jpg",
-                                  Image.fromarray(label_overlay(rgb, labels)), format="JPEG")
-            save_label_png(out / f"{path.stem}.png", labels)
+                picture = with_legend(label_overlay(rgb, labels, palette=palette),
+                                      legend_entries(labels, class_names, palette))
+                atomic_save_image(out / f"{path.stem}_overlay.jpg", Image.fromarray(picture),
+                                  format="JPEG")
+            save_label_png(out / f"{path.stem}.png", labels, palette=palette)
             written += 1
             bar.update(1)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    return {"written": written, "skipped_existing": len(files) - len(todo), "bad": bad,
-            "total": len(files), "seconds": seconds,
-            "seconds_per_image": seconds / written if written else 0.0, "device": str(dev),
-            "out_dir": str(out), "class_names": list(meta["class_names"])}
+    result = {"written": written, "skipped_existing": len(files) - len(todo), "bad": bad,
+              "total": len(files), "seconds": seconds,
+              "seconds_per_image": seconds / written if written else 0.0, "device": str(dev),
+              "out_dir": str(out), "class_names": class_names}
+    if areas is not None:
+        from plda.utils.io import atomic_write_json
+
+        bad_paths = {b["path"] for b in bad}
+        table = {f.name: class_areas(out / f"{f.stem}.png", class_names) for f in files
+                 if str(f) not in bad_paths and (out / f"{f.stem}.png").is_file()}
+        atomic_write_json(areas, {"classes": class_names, "images": table})
+        result["areas"] = str(areas)
+    return result
+
+
+def legend_entries(labels, class_names: list[str], palette) -> list[tuple[str, tuple]]:
+    """``(name, colour)`` of the classes present in ``labels`` (background left out)."""
+    import numpy as np
+
+    present = np.flatnonzero(np.bincount(np.asarray(labels, np.uint8).ravel(), minlength=256))
+    return [(class_names[v] if v < len(class_names) else str(v), tuple(int(c) for c in palette[v]))
+            for v in present if 0 < v < 255]
+
+
+def class_areas(mask_path: Path, class_names: list[str]) -> dict[str, Any]:
+    """``{"size": [h, w], "classes": {name: {"pixels", "share"}}}`` of a written mask (the
+    classes present, background included)."""
+    import numpy as np
+
+    from plda.vis.palette import load_label_png
+
+    mask = load_label_png(mask_path)
+    counts = np.bincount(mask.ravel(), minlength=256)
+    total = int(mask.size)
+    return {"size": list(mask.shape),
+            "classes": {(class_names[v] if v < len(class_names) else str(int(v))):
+                        {"pixels": int(counts[v]), "share": round(int(counts[v]) / total, 6)}
+                        for v in np.flatnonzero(counts)}}
 
 
 def _out_of_memory_named(results: Iterator, reading: list[Path], max_side: int | None
@@ -270,10 +322,14 @@ def run(args: argparse.Namespace) -> int:
                              crf=args.crf, device=args.device, amp=args.amp,
                              batch_size=args.batch_size, overlay=not args.no_overlay,
                              overwrite=args.overwrite, skip_bad=args.skip_bad,
-                             max_side=args.max_side)
+                             max_side=args.max_side, areas=args.areas)
     print(f"{res['written']} written, {res['skipped_existing']} already done, "
           f"{len(res['bad'])} unreadable of {res['total']} images -> {res['out_dir']} "
           f"({res['seconds_per_image']:.2f} s/image on {res['device']})")
+    print("classes: " + ", ".join(f"{k} {n}" for k, n in enumerate(res["class_names"]))
+          + f" (also in {Path(res['out_dir']) / 'classes.txt'})")
+    if res.get("areas"):
+        print(f"class areas: {res['areas']}")
     if res["bad"]:
         print(f"skipped {len(res['bad'])} unreadable image(s):", file=sys.stderr)
         for item in res["bad"]:

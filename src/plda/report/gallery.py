@@ -26,6 +26,7 @@ class Cell:
     title: str
     uri: str | None          # None: this image has no such output
     caption: str = ""
+    missing: str = ""        # why there is no picture (shown in its place)
 
 
 @dataclass
@@ -82,13 +83,14 @@ def thumb_size(height: int, width: int, side: int = THUMB_SIDE) -> tuple[int, in
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def label_thumb(label: np.ndarray, size: tuple[int, int]) -> str:
+def label_thumb(label: np.ndarray, size: tuple[int, int], palette=None) -> str:
     from PIL import Image
 
     from plda.vis.palette import colorize
 
     # Nearest keeps label colours exact: no blended colour that means no class.
-    return _data_uri(Image.fromarray(colorize(label)).resize(size, Image.NEAREST), "PNG")
+    return _data_uri(Image.fromarray(colorize(label, palette)).resize(size, Image.NEAREST),
+                     "PNG")
 
 
 def cam_thumb(cam_path: Path, image, size: tuple[int, int]) -> str:
@@ -185,6 +187,7 @@ def _row(run: RunData, split: str, image_id: str, score: float | None,
                         f"nor a CAM file in {run.root}")
     size = thumb_size(*shape)
     present: set[int] = set()
+    palette = run.palette
     cells = [Cell("image", _data_uri(image.resize(size), "JPEG") if image is not None else None,
                   image_id)]
     if run.layout is not None and run.layout.has_masks:
@@ -194,11 +197,11 @@ def _row(run: RunData, split: str, image_id: str, score: float | None,
             present.update(values)
             if class_names:
                 caption = ", ".join(class_names[v] for v in values if v < len(class_names))
-        cells.append(Cell("ground truth", label_thumb(gt, size) if gt is not None else None,
-                          caption))
+        cells.append(Cell("ground truth", label_thumb(gt, size, palette) if gt is not None
+                          else None, caption, missing="no mask for this image"))
     if show_cams:
         cells.append(Cell("CAM", cam_thumb(cam_path, image, size) if cam_path.is_file()
-                          else None, "max over classes"))
+                          else None, "max over classes", missing="no CAM file"))
     for folder, title in outputs:
         label = maps[folder]
         caption = ""
@@ -208,8 +211,8 @@ def _row(run: RunData, split: str, image_id: str, score: float | None,
                 miou = _pair_miou(run.root / folder / split / f"{image_id}.png", gt, gt_path,
                                   class_names)
                 caption = "mIoU —" if miou is None else f"mIoU {miou:.1f}"
-        cells.append(Cell(title, label_thumb(label, size) if label is not None else None,
-                          caption))
+        cells.append(Cell(title, label_thumb(label, size, palette) if label is not None else None,
+                          caption, missing=f"no {title} for this image"))
     return GalleryRow(image_id, score, cells, sorted(present))
 
 

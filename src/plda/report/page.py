@@ -140,10 +140,10 @@ def _summary(run: RunData) -> str:
     if cfg is not None:
         rows.append(("run name", cfg.name))
         if cfg.description:
-            rows.append(("description", cfg.description))
+            rows.append(("preset", cfg.description))
         method = cfg.method.name + (" (reference quirks)" if cfg.method.reference else "")
         rows += [("method", method), ("backbone", cfg.model.backbone),
-                 ("dataset", cfg.data.root if cfg.data.root != "synth"
+                 ("dataset", f"{run.dataset_name} ({cfg.data.root})" if cfg.data.root != "synth"
                   else f"synthetic ({cfg.data.synth.n_train} train / {cfg.data.synth.n_val} "
                        f"val, {cfg.data.synth.size} px)"),
                  ("CAM inference", f"scales {list(cfg.cam.scales)}, flip "
@@ -151,7 +151,15 @@ def _summary(run: RunData) -> str:
                  ("refinement", cfg.refine.method),
                  ("segmentation net", f"{cfg.seg.model.arch} on {cfg.seg.model.backbone}")]
     if run.layout is not None:
-        rows.append(("classes", f"{run.layout.num_classes} foreground + background"))
+        rows.append(("classes", f"{run.layout.num_classes} foreground + background: "
+                     + ", ".join(run.layout.classes[:12])
+                     + (", …" if run.layout.num_classes > 12 else "")))
+        coverage = run.mask_coverage()
+        if coverage:
+            rows.append(("ground-truth masks", ", ".join(
+                f"{split} {m} of {n}" for split, (m, n) in coverage.items())
+                + ("" if any(m for m, _ in coverage.values()) else
+                   " (none: nothing is scored)")))
     rows.append(("run folder", str(run.root.resolve())))
     timing: list[tuple[str, str]] = []
     for section, _, title in TRAIN_STAGES:
@@ -200,20 +208,33 @@ def _metric_table(run: RunData) -> str:
         detail = ""
         if isinstance(data, dict):
             if section == "seeds" and isinstance(data.get("bg_threshold"), (int, float)):
-                detail = f"background threshold {data['bg_threshold']:.2f}"
+                from plda.pipeline.run import tuning_text
+
+                detail = (f"background threshold {data['bg_threshold']:.2f}: "
+                          f"{tuning_text(data)}")
             elif isinstance(data.get("method"), str):
                 detail = f"method {data['method']}"
         cells = []
         for split in splits:
             e = entries.get(split)
-            if e is None or not isinstance(e.get("miou"), (int, float)):
-                cells.append('<td class="num miss">—</td>')
+            if e is None:
+                why = "not made for this split" if entries else "stage not run"
+                cells.append(f'<td class="num miss">—<br><span class="small">{escape(why)}'
+                             '</span></td>')
+            elif not isinstance(e.get("miou"), (int, float)):
+                why = e.get("reason") or "no score recorded"
+                cells.append(f'<td class="num miss" title="{escape(str(why))}">—<br>'
+                             f'<span class="small">not scored: {escape(str(why))}</span></td>')
             else:
-                images = e.get("images")
+                images, total = e.get("images"), e.get("images_total")
+                count = ""
+                if isinstance(images, int):
+                    count = (f"{images} of {total} images (those with masks)"
+                             if isinstance(total, int) and total > images else f"{images} images")
                 cells.append(f'<td class="num"{_iou_style(e["miou"])}><span class="big">'
                              f'{e["miou"]:.1f}</span>'
-                             + (f'<br><span class="small">{int(images)} images</span>'
-                                if isinstance(images, int) else "") + "</td>")
+                             + (f'<br><span class="small">{escape(count)}</span>'
+                                if count else "") + "</td>")
         if not entries:
             detail = "not run" if not detail else detail + " · no scores"
         rows.append(f"<tr><th>{escape(title)}</th>{''.join(cells)}"
@@ -224,7 +245,67 @@ def _metric_table(run: RunData) -> str:
     else:
         body = (f'<table id="metric-table"><tr><th>stage · mIoU (%)</th>{head}<th></th></tr>'
                 + "".join(rows) + "</table>")
-    return f'<section id="metrics"><h2>Scores per stage</h2>{body}</section>'
+    return (f'<section id="metrics"><h2>Scores per stage</h2>{_classification(run)}{body}'
+            '</section>')
+
+
+def _classification(run: RunData) -> str:
+    """The classifier's image-level scores (mAP, F1, precision, recall) per split."""
+    section = run.metrics.get("classification")
+    entries = {k: v for k, v in section.items() if isinstance(v, dict)} \
+        if isinstance(section, dict) else {}
+    if not entries:
+        why = ("the CAMs were masked with predicted labels (cam.label_source=predicted)"
+               if run.config is not None and run.config.cam.label_source != "gt"
+               else "the CAM stage has not run on the validation split yet")
+        return (f'<h3>Image-level classification</h3><p class="note">Not measured: '
+                f'{escape(why)}.</p>')
+    head = ('<tr><th>split</th><th class="num">mAP (%)</th><th class="num">F1</th>'
+            '<th class="num">precision</th><th class="num">recall</th>'
+            '<th class="num">images</th></tr>')
+    rows = []
+    for split, e in entries.items():
+        def cell(key, spec):
+            v = e.get(key)
+            return (f'<td class="num">{format(v, spec)}</td>' if isinstance(v, (int, float))
+                    and not isinstance(v, bool) else '<td class="num miss">—</td>')
+        rows.append(f"<tr><th>{escape(split)}</th>{cell('map', '.1f')}{cell('f1', '.2f')}"
+                    f"{cell('precision', '.2f')}{cell('recall', '.2f')}{cell('images', 'd')}"
+                    "</tr>")
+    threshold = next((e.get("threshold") for e in entries.values()
+                      if isinstance(e.get("threshold"), (int, float))), 0.5)
+    return (f'<h3>Image-level classification</h3><p class="note">How well the stage-1 '
+            f'classifier names the classes of an image (F1, precision and recall at score > '
+            f'{threshold:g}): what segmenting an image without its tags depends on.</p>'
+            f'<table id="classification-table">{head}{"".join(rows)}</table>'
+            '<h3>Label maps</h3>')
+
+
+def _precision_recall(run: RunData) -> str:
+    """Per class: precision and recall of every scored stage and split."""
+    cols = [(t, s, e) for t, s, e in _per_class_columns(run)
+            if isinstance(e.get("precision"), dict) and isinstance(e.get("recall"), dict)]
+    if not cols:
+        return ""
+    names = run.class_names or list(cols[0][2]["iou"])
+    head = "".join(f'<th class="num" colspan="2">{escape(t)}<br><span class="small">'
+                   f'{escape(s)}</span></th>' for t, s, _ in cols)
+    sub = "".join('<th class="num">P</th><th class="num">R</th>' for _ in cols)
+    rows = []
+    for name in names:
+        cells = []
+        for _, _, entry in cols:
+            for key in ("precision", "recall"):
+                v = entry[key].get(name)
+                cells.append('<td class="num miss">—</td>' if not isinstance(v, (int, float))
+                             else f'<td class="num"{_iou_style(v)}>{v:.1f}</td>')
+        rows.append(f"<tr><th>{escape(name)}</th>{''.join(cells)}</tr>")
+    return (f'<section id="precision-recall"><h2>Precision and recall per class (%)</h2>'
+            f'<p class="note">Precision: of the pixels given a class, the share that is that '
+            f'class; recall: of the pixels of a class, the share found. Low recall with high '
+            f'precision: the maps cover the discriminative part only.</p><div class="scroll">'
+            f'<table id="pr-table"><tr><th rowspan="2">class</th>{head}</tr><tr>{sub}</tr>'
+            f'{"".join(rows)}</table></div></section>')
 
 
 def _per_class_columns(run: RunData) -> list[tuple[str, str, dict]]:
@@ -284,9 +365,12 @@ def _threshold_curve(run: RunData) -> str:
                 'scores yet: the background-threshold sweep runs in the seeds stage.</p></section>')
     sweep = seeds.get("sweep")
     chosen = seeds.get("bg_threshold")
+    from plda.pipeline.run import tuning_text
+
+    how = tuning_text(seeds)
     if not isinstance(sweep, dict) or not isinstance(sweep.get("curve"), list):
-        text = (f"fixed at {chosen:.2f} (cam.bg_threshold); no sweep was run"
-                if isinstance(chosen, (int, float)) else "no sweep recorded")
+        text = (f"{chosen:.3g}: {how}; no sweep was run (it needs ground-truth masks)"
+                if isinstance(chosen, (int, float)) else "no threshold recorded")
         return (f'<section id="threshold"><h2>Background threshold</h2><p class="note">'
                 f'{escape(text)}.</p></section>')
     points = [p for p in sweep["curve"] if isinstance(p, dict)]
@@ -302,9 +386,12 @@ def _threshold_curve(run: RunData) -> str:
     chart = line_chart([("seed mIoU", xs, ys)], width=620, height=300,
                        x_label="background threshold", y_label="seed mIoU (%)",
                        marker_x=marker, marker_label=label, legend=False)
+    images = sweep.get("images")
+    on = f" ({images} images with masks)" if isinstance(images, int) else ""
     return (f'<section id="threshold"><h2>Background threshold</h2><p class="note">Seed mIoU '
-            f'on split {escape(str(sweep.get("split", "?")))} for each background threshold; '
-            f'the dashed line marks the threshold the seeds use.</p>{chart}</section>')
+            f'on split {escape(str(sweep.get("split", "?")))}{escape(on)} for each background '
+            f'threshold; the dashed line marks the threshold the seeds use ({escape(how)}).</p>'
+            f'{chart}</section>')
 
 
 def _spans_decades(values: list[float | None]) -> bool:
@@ -345,9 +432,9 @@ def _loss_curves(logs: list[TrainLog]) -> str:
 def _legend(row: GalleryRow, class_names: list[str] | None) -> str:
     if not row.classes:
         return ""
-    from plda.vis.palette import voc_palette
+    from plda.vis.palette import palette_for
 
-    pal = voc_palette(256)
+    pal = palette_for(class_names)
     chips = []
     for value in row.classes:
         name = class_names[value] if class_names and value < len(class_names) else str(value)
@@ -367,7 +454,7 @@ def _gallery_rows(rows: list[GalleryRow], kind: str, source: str | None,
         figures = []
         for cell in row.cells:
             if cell.uri is None:
-                body = '<div class="missing">missing</div>'
+                body = f'<div class="missing">{escape(cell.missing or "missing")}</div>'
             else:
                 cls = "" if cell.title in ("image", "CAM") else ' class="label"'
                 body = (f'<img{cls} src="{cell.uri}" alt="{escape(cell.title)} of '
@@ -424,7 +511,8 @@ def render_report(run: RunData, *, gallery_split: str | None = None, gallery_siz
     split = choose_split(run, gallery_split)
     gallery = build_gallery(run, split, gallery_size)
     logs = train_logs(run)
-    title = run.config.name if run.config is not None else run.root.name
+    title = (f"{run.config.method.name} on {run.dataset_name}" if run.config is not None
+             else run.root.name)
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     notes = ""
     if run.notes:
@@ -432,10 +520,11 @@ def render_report(run: RunData, *, gallery_split: str | None = None, gallery_siz
                  + "</ul></div>")
     nav = "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in (
         ("summary", "summary"), ("metrics", "scores"), ("classes", "per class"),
+        ("precision-recall", "precision / recall"),
         ("threshold", "threshold"), ("losses", "training"), ("gallery", "gallery")))
-    body = [_summary(run), _metric_table(run), _class_table(run), _threshold_curve(run),
-            _class_bars(run), _loss_curves(logs), _gallery(run, gallery, gallery_size),
-            _other_sections(run)]
+    body = [_summary(run), _metric_table(run), _class_table(run), _precision_recall(run),
+            _threshold_curve(run), _class_bars(run), _loss_curves(logs),
+            _gallery(run, gallery, gallery_size), _other_sections(run)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>plda report · {escape(title)}</title><style>{_CSS}</style></head><body>"

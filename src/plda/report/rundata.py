@@ -26,7 +26,10 @@ TRAIN_STAGES = (("train", ".", "stage 1 (classifier)"),
                 ("irn_train", "irn", "IRN boundary net"),
                 ("affinity_train", "affinity", "AffinityNet"),
                 ("seg_train", "deeplab", "segmentation net (stage 2)"))
-KNOWN_SECTIONS = {s for s, _, _ in LABEL_STAGES} | {s for s, _, _ in TRAIN_STAGES}
+# Sections the page shows in their own places ("data": the summary; "classification": the
+# scores section).
+KNOWN_SECTIONS = ({s for s, _, _ in LABEL_STAGES} | {s for s, _, _ in TRAIN_STAGES}
+                  | {"data", "classification", "cam"})
 # Log-record keys that are bookkeeping, not loss terms.
 NON_LOSS_KEYS = frozenset({"step", "epoch", "lr", "images_per_s", "wall_time_s", "event"})
 
@@ -66,6 +69,43 @@ class RunData:
                 if isinstance(entry.get("iou"), dict):
                     return list(entry["iou"])
         return None
+
+    @property
+    def palette(self):
+        """The colours of the label maps on the page: the dataset's (``palette_for``)."""
+        from plda.vis.palette import palette_for
+
+        return palette_for(self.class_names)
+
+    @property
+    def dataset_name(self) -> str:
+        """What the page calls the data: "synthetic set", the name ``plda prepare folder``
+        recorded, or the dataset folder's name."""
+        if self.config is not None and self.config.data.root == "synth":
+            return "the built-in synthetic set"
+        if self.layout is not None:
+            info = self.layout.root / "import.json"
+            if info.is_file():
+                try:
+                    name = json.loads(info.read_text(encoding="utf-8")).get("name")
+                    if isinstance(name, str) and name:
+                        return name
+                except (OSError, ValueError, AttributeError):
+                    pass
+            return self.layout.root.resolve().name
+        if self.config is not None:
+            return Path(self.config.data.root).name
+        return "unknown data"
+
+    def mask_coverage(self) -> dict[str, tuple[int, int]]:
+        """``{split: (images with a mask, images)}`` of the evaluation splits."""
+        out: dict[str, tuple[int, int]] = {}
+        if self.layout is None or self.config is None:
+            return out
+        for split in self.config.data.eval_splits:
+            if self.layout.list_path(split).is_file():
+                out[split] = (len(self.layout.masked_ids(split)), len(self.layout.ids(split)))
+        return out
 
     def splits(self) -> list[str]:
         """The splits seen anywhere in the run: the configured evaluation splits first, then
@@ -155,8 +195,9 @@ def load_run(run_dir: str | Path) -> RunData:
             data.notes.append(f"dataset not available ({exc}): the gallery has no images or "
                               "ground truth")
     if data.layout is not None and data.layout.mask_dir is None:
-        data.notes.append(f"the dataset at {data.layout.root} has no ground-truth masks: the "
-                          "gallery is not ranked")
+        data.notes.append(f"the dataset at {data.layout.root} has no ground-truth masks: "
+                          "nothing is scored, the background threshold was chosen without "
+                          "labels, and the gallery is not ranked")
     return data
 
 

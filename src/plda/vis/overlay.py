@@ -44,28 +44,68 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: st
     return _blend(image, heat, alpha)
 
 
-def label_overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``image`` with every non-background pixel of ``label`` blended with its VOC colour;
-    background (0) pixels keep the image so that the scene stays readable."""
+def label_overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
+                  palette: np.ndarray | None = None) -> np.ndarray:
+    """``image`` with every non-background pixel of ``label`` blended with its colour (VOC's,
+    or ``palette``); background (0) pixels keep the image so that the scene stays readable."""
     image = _check_image(image)
     label = np.asarray(label)
     if label.shape != image.shape[:2]:
         raise ValueError(f"label shape {label.shape} differs from image size {image.shape[:2]}")
-    return _blend(image, colorize(label), alpha, where=label != 0)
+    return _blend(image, colorize(label, palette), alpha, where=label != 0)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def with_legend(image: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]],
+                font_size: int | None = None) -> np.ndarray:
+    """``image`` with a strip below it naming ``entries`` (``(name, (r, g, b))``, e.g. the
+    classes present in a mask) next to a chip of their colour; wrapped onto as many lines as
+    the image's width needs. No entries: the image unchanged."""
+    from PIL import Image, ImageDraw
+
+    image = _check_image(image)
+    if not entries:
+        return image
+    h, w = image.shape[:2]
+    size = font_size or max(10, min(24, w // 40))
+    font = _font(size)
+    pad, chip = max(3, size // 3), size
+    canvas_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items, lines, x = [], 0, pad
+    for name, colour in entries:
+        text_w = canvas_probe.textlength(str(name), font=font)
+        item_w = chip + pad + int(text_w) + 2 * pad
+        if x + item_w > w and x > pad:
+            lines, x = lines + 1, pad
+        items.append((x, lines, str(name), tuple(int(c) for c in colour)))
+        x += item_w
+    line_h = size + 2 * pad
+    strip = Image.new("RGB", (w, line_h * (lines + 1)), _BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    for x, line, name, colour in items:
+        y = line * line_h + pad
+        draw.rectangle([x, y, x + chip - 1, y + chip - 1], fill=colour, outline=(90, 90, 90))
+        draw.text((x + chip + pad, y - 1), name, fill=_TEXT, font=font)
+    return np.concatenate([image, np.asarray(strip, dtype=np.uint8)], axis=0)
 
 
 def side_by_side(panels: Sequence[tuple[str, np.ndarray]], gap: int = 4, font_size: int = 12):
     """Panels ``(title, (H, W, 3) uint8)`` in a row, each with its title above, on white;
     panels of different heights are top-aligned. Returns a ``PIL.Image`` (RGB)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     if not panels:
         raise ValueError("side_by_side needs at least one panel")
     arrays = [_check_image(a, f"panel {t!r}") for t, a in panels]
-    try:
-        font = ImageFont.load_default(size=font_size)
-    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
-        font = ImageFont.load_default()
+    font = _font(font_size)
     title_h = font_size + 6
     width = sum(a.shape[1] for a in arrays) + gap * (len(arrays) + 1)
     height = max(a.shape[0] for a in arrays) + title_h + gap

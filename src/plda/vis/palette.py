@@ -30,15 +30,53 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 _PALETTE_FLAT = voc_palette(256).reshape(-1).tolist()
+IGNORE_COLOUR = (224, 224, 192)
+_VOC_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+              "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
+              "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """Map a label array ``(H, W)`` of class indices to ``(H, W, 3) uint8`` VOC colours."""
-    return voc_palette(256)[np.asarray(label, dtype=np.uint8)]
+def palette_for(class_names) -> np.ndarray:
+    """The ``(256, 3) uint8`` palette for a dataset's classes (background first).
+
+    VOC's 21 classes keep VOC's colours, so masks look like the benchmark's. Any other list
+    gets colours chosen to be told apart at its size: background black, ignore (255) VOC's
+    cream, classes 1..C from matplotlib's ``tab10`` (C <= 10) or ``tab20`` (C <= 20), else evenly
+    spaced hues at alternating brightness.
+    """
+    names = list(class_names) if class_names is not None else None
+    if names is None or tuple(names) == _VOC_NAMES:
+        return voc_palette(256)
+    pal = voc_palette(256)  # values beyond the classes keep some colour
+    n = len(names) - 1
+    if n <= 20:
+        from matplotlib import colormaps
+
+        cmap = colormaps["tab10" if n <= 10 else "tab20"]
+        colours = [cmap(k)[:3] for k in range(n)]
+    else:
+        import colorsys
+
+        colours = [colorsys.hsv_to_rgb(k / n, 0.75, 0.95 if k % 2 == 0 else 0.7)
+                   for k in range(n)]
+    pal[0] = (0, 0, 0)
+    for k, rgb in enumerate(colours, start=1):
+        if k < 255:
+            pal[k] = [round(255 * c) for c in rgb]
+    pal[255] = IGNORE_COLOUR
+    return pal
 
 
-def label_to_image(label: np.ndarray):
-    """A ``P``-mode PIL image holding ``label`` (values 0..255) with the VOC palette."""
+def colorize(label: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """Map a label array ``(H, W)`` of class indices to ``(H, W, 3) uint8`` colours (VOC's,
+    or ``palette``, e.g. :func:`palette_for`)."""
+    pal = voc_palette(256) if palette is None else np.asarray(palette, dtype=np.uint8)
+    return pal[np.asarray(label, dtype=np.uint8)]
+
+
+def label_to_image(label: np.ndarray, palette: np.ndarray | None = None):
+    """A ``P``-mode PIL image holding ``label`` (values 0..255) with the VOC palette (or
+    ``palette``: the values stay class indices, only the colours differ)."""
     from PIL import Image
 
     arr = np.asarray(label)
@@ -47,13 +85,15 @@ def label_to_image(label: np.ndarray):
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise ValueError(f"label values must lie in 0..255, got {arr.min()}..{arr.max()}")
     img = Image.fromarray(arr.astype(np.uint8), mode="P")
-    img.putpalette(_PALETTE_FLAT)
+    img.putpalette(_PALETTE_FLAT if palette is None
+                   else np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
     return img
 
 
-def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write ``label`` as a VOC palette PNG, atomically."""
-    atomic_save_image(path, label_to_image(label), format="PNG")
+def save_label_png(path: str | os.PathLike, label: np.ndarray,
+                   palette: np.ndarray | None = None) -> None:
+    """Write ``label`` as a palette PNG (VOC's colours, or ``palette``), atomically."""
+    atomic_save_image(path, label_to_image(label, palette), format="PNG")
 
 
 def load_label_png(path: str | os.PathLike) -> np.ndarray:
