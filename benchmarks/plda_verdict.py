@@ -227,13 +227,9 @@ def chain_markdown(out: Path) -> str:
 
 def _commit() -> str | None:
     """The checkout's commit; where the code is a copy without git, ``PLDA_COMMIT`` names it."""
-    try:
-        out = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True)
-        found = out.stdout.strip() if out.returncode == 0 else ""
-    except OSError:
-        found = ""
-    return found or os.environ.get("PLDA_COMMIT") or None
+    from plda.utils.provenance import git_commit
+
+    return git_commit(HERE)
 
 
 # ---- summary --------------------------------------------------------------------------------

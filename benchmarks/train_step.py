@@ -163,11 +163,9 @@ def _run(cmd: list[str], env: dict, what: str) -> dict:
 
 
 def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    from plda.utils.provenance import git_commit
+
+    return git_commit(HERE)
 
 
 def main(argv=None) -> int:

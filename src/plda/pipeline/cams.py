@@ -132,7 +132,7 @@ def choose_threshold(cfg: RunConfig, layout, splits: list[str], *,
                             key=lambda t: (-t[0], splits.index(t[1]) if t[1] in splits else 0))
         if candidates:
             tune_split = candidates[0][1]
-            tune_ids, score_ids = _held_out(masked[tune_split])
+            tune_ids, _ = _held_out(masked[tune_split])
             exclude[tune_split] = tune_ids
             held_out = True
     if tune_ids:
@@ -180,7 +180,7 @@ def score_entry(result: dict, ids_total: int, scored: int) -> dict:
     return {**keep, "images": scored, "images_total": ids_total}
 
 
-def unscored_entry(split: str, ids_total: int, why: str) -> dict:
+def unscored_entry(ids_total: int, why: str) -> dict:
     """The record of a split that could not be scored, with the reason."""
     return {"miou": None, "images": 0, "images_total": ids_total, "reason": why}
 
@@ -212,7 +212,7 @@ def make_seeds(cfg: RunConfig, splits=None, *, workers: int | None = None) -> di
             if skip:
                 result[split]["held_out_from_tuning"] = True
         else:
-            result[split] = unscored_entry(split, len(ids), no_masks_reason(layout, split, skip))
+            result[split] = unscored_entry(len(ids), no_masks_reason(layout, split, skip))
     update_metrics(cfg, "seeds", result)
     return result
 

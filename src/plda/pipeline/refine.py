@@ -239,7 +239,7 @@ def _split_entry(cfg: RunConfig, layout, split: str, out: Path, written: int,
     """Written count and timing of one split's pseudo masks, with their scores on the images
     that have masks (not on those that tuned the background threshold); a reason when none."""
     from plda.evaluation.evaluate import evaluate_labels
-    from plda.pipeline.cams import no_masks_reason, score_entry
+    from plda.pipeline.cams import no_masks_reason, score_entry, unscored_entry
 
     entry = {"written": written, "seconds": seconds,
              "seconds_per_image": seconds / written if written else 0.0}
@@ -250,8 +250,7 @@ def _split_entry(cfg: RunConfig, layout, split: str, out: Path, written: int,
         ev = evaluate_labels(out, layout.mask_dir, scored, layout.class_names)
         entry.update(score_entry(ev, len(ids), len(scored)))
     else:
-        entry.update({"miou": None, "images": 0, "images_total": len(ids),
-                      "reason": no_masks_reason(layout, split, skip)})
+        entry.update(unscored_entry(len(ids), no_masks_reason(layout, split, skip)))
     return entry
 
 

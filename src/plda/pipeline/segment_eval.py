@@ -134,7 +134,7 @@ def evaluate_segmentation(cfg: RunConfig, splits=None, *, weights=None, dist=Non
                        "seconds_per_image": per_image}
         # Scored on the images that have masks (none: VOC's test, or one's own photos), minus
         # those that tuned the background threshold on a held-out half; a reason otherwise.
-        from plda.pipeline.cams import no_masks_reason
+        from plda.pipeline.cams import no_masks_reason, score_entry, unscored_entry
         from plda.pipeline.refine import _tuning_ids
 
         skip = set(_tuning_ids(cfg, split))
@@ -147,12 +147,9 @@ def evaluate_segmentation(cfg: RunConfig, splits=None, *, weights=None, dist=Non
                                                        ("scales", "flip", "crf", "amp")}
             ev["images_total"] = len(all_ids)
             atomic_write_json(out_root / f"eval_{split}.json", ev)
-            entry.update({"miou": ev["miou"], "iou": ev["iou"], "precision": ev["precision"],
-                          "recall": ev["recall"], "images": len(scored),
-                          "images_total": len(all_ids)})
+            entry.update(score_entry(ev, len(all_ids), len(scored)))
         elif is_main_process():
-            entry.update({"miou": None, "images": 0, "images_total": len(all_ids),
-                          "reason": no_masks_reason(layout, split, skip)})
+            entry.update(unscored_entry(len(all_ids), no_masks_reason(layout, split, skip)))
         summary[split] = broadcast_object(entry)
     if is_main_process():
         _merge_metrics(cfg, summary)
