@@ -319,6 +319,8 @@ def test_masks_for_part_of_val_only_are_scored_held_out(tmp_path):
     html = (run / "report.html").read_text()
     assert "2 of 6 images (those with masks)" in html
     assert "that split is scored on its other 2 masked images" in html
+    assert f"tuned the threshold (2)</th><td>{', '.join(tuning['tuned_ids'])}" in html
+    assert f"scored (2)</th><td>{', '.join(tuning['scored_ids'])}" in html
 
 
 @pytest.mark.slow

@@ -49,7 +49,9 @@ def dataset_root(cfg: RunConfig, generate: bool = True) -> Path:
         root = Path(cfg.data.root).expanduser()
         if not root.is_dir():
             raise DataError(f"data.root {str(root)!r} is not a folder; expected a dataset in VOC "
-                            "layout (JPEGImages/, ImageSets/Segmentation/) or 'synth'")
+                            "layout (JPEGImages/, ImageSets/Segmentation/) or 'synth' (make one "
+                            "from tagged photos with 'plda prepare folder PHOTOS --tags tags.csv "
+                            f"--out {root}')")
         return root
     root = run_dir(cfg) / "data"
     if generate and is_main_process() and not _synth_is_current(root, cfg):

@@ -391,7 +391,20 @@ def _threshold_curve(run: RunData) -> str:
     return (f'<section id="threshold"><h2>Background threshold</h2><p class="note">Seed mIoU '
             f'on split {escape(str(sweep.get("split", "?")))}{escape(on)} for each background '
             f'threshold; the dashed line marks the threshold the seeds use ({escape(how)}).</p>'
-            f'{chart}</section>')
+            f'{chart}{_held_out_ids(seeds)}</section>')
+
+
+def _held_out_ids(seeds: dict) -> str:
+    """Which images tuned the threshold and which were scored, for a held-out sweep."""
+    tuning = seeds.get("tuning")
+    if not isinstance(tuning, dict) or tuning.get("how") != "held-out sweep":
+        return ""
+    rows = []
+    for title, key in (("tuned the threshold", "tuned_ids"), ("scored", "scored_ids")):
+        ids = [str(i) for i in tuning.get(key) or []]
+        shown = ", ".join(ids[:60]) + (f", … ({len(ids)} in all)" if len(ids) > 60 else "")
+        rows.append((f"{title} ({len(ids)})", shown))
+    return "<h3>Images of split " + escape(str(tuning.get("split"))) + "</h3>" + _kv_table(rows)
 
 
 def _spans_decades(values: list[float | None]) -> bool:
