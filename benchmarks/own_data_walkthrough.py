@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from plda.utils.provenance import git_commit
 
+    commit = git_commit()  # the code this run starts from (a commit may land while it runs)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     counts = build_photos(args.sample, out, args.train, args.val, args.new)
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     at_free = evaluate_cams(run / "cams" / "val", layout.mask_dir, scored, layout.class_names,
                             [free_t])["miou"]
     result = {
-        "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+        "commit": commit, "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores", "photos": counts, "seconds": seconds,
         "stages": metrics.get("pipeline", {}),
         "classification_val": metrics.get("classification", {}).get("val"),
