@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The pipeline on a handful of 64-px photos: every stage runs, in seconds.
 TINY = ["data.resize_long=[56,72]", "data.crop=64", "model.pretrained=null",
-        "model.output_stride=16", "train.epochs=1", "train.batch_size=4", "train.log_every=1",
+        "model.output_stride=16", "train.epochs=1", "train.iterations=null", "train.batch_size=4",
+        "train.log_every=1",
         "train.checkpoint_every=2", "train.num_workers=0", "cam.scales=[1.0]",
         "cam.sweep=[0.1,0.5,0.1]", "refine.method=pamr", "refine.splits=null",
         "seg.model.pretrained=null", "seg.model.output_stride=16", "seg.crop=64",
