@@ -257,7 +257,10 @@ def test_bf16_seam_plda_step_against_float64():
     (measured on an AMX CPU: 0.26 %, 1.1 %, 0.983 and 0.185).
     The thresholded parts (MaskAssign, CPS pseudo labels, ECR's top 20 %) flip a few pixels under
     bf16 rounding, so individual tensors (PCM's reductions most) can differ far more. fp32 is held
-    to 1e-4 on the terms and 5e-3 on the gradient (measured: 1.3e-3, NHWC summation order)."""
+    to 1e-4 on the terms and 5e-3 on the gradient (measured: 1.3e-3, NHWC summation order).
+    The bf16 arm runs where the toolkit itself runs bf16, on a CPU with native bf16 instructions:
+    elsewhere ``resolve_amp`` trains in fp32, and PyTorch's emulated bf16 kernels round
+    differently (rvmin 3.6 % off on an AVX2 CPU) and take ten minutes for this one step."""
     import _reference_step as pinned
 
     def step(dtype, bf16):
@@ -274,10 +277,10 @@ def test_bf16_seam_plda_step_against_float64():
         return {k: float(out[k]) for k in pinned.TERMS}, grads
 
     ref_terms, ref_grad = step(torch.float64, False)
-    for dtype, bf16, smooth, total, cosine, rel in ((torch.float32, False, 1e-4, 1e-4, 1 - 1e-4,
-                                                     5e-3),
-                                                    (torch.float32, True, 0.01, 0.05, 0.95,
-                                                     0.35)):
+    arms = [(torch.float32, False, 1e-4, 1e-4, 1 - 1e-4, 5e-3)]
+    if cpu_features()["bf16_native"]:
+        arms.append((torch.float32, True, 0.01, 0.05, 0.95, 0.35))
+    for dtype, bf16, smooth, total, cosine, rel in arms:
         terms, grad = step(dtype, bf16)
         for k in ("cls", "rvmin", "er"):
             assert abs(terms[k] - ref_terms[k]) <= smooth * abs(ref_terms[k]), (bf16, k)
