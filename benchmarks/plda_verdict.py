@@ -48,6 +48,15 @@ presets' stage 2), in the same run folders with the overrides their ``verdict.js
 stage 1, the CAMs and the seeds are reused; ``chain.json`` beside it holds the scores and the
 summary adds a table of them.
 
+``--grid fine`` runs the fine-grid presets (``voc12subset_fine_<method>_effnetlite0``: a CAM
+grid of at least 28 x 28 at the training crop, where the coarse presets have 7 x 7 or 14 x 14);
+``--start-from DIR`` takes the continue arm's baselines from ``DIR/scratch/`` instead of
+``OUT/scratch/`` (the fine continue arm starts from the coarse scratch baselines: the same
+classifier state, K more epochs on the fine grid). Every ``verdict.json`` records ``grid`` and
+``cam_grid`` ([h, w] of the CAM at the training crop), and beside it ``seeds_val.npz`` keeps
+the run's val seeds (one uint8 label map per image id, key = the id), so ``--rescore`` can
+recompute every val score from the repository and the dataset alone.
+
 ``--jobs N`` runs N jobs at once, each in its own process (``OUT/logs/<job>.log``), with
 ``OMP_NUM_THREADS`` = cores / N and, where several GPUs are visible, one GPU per job in turn; a
 ``continue`` job starts as soon as the scratch run it starts from is finished. For a machine
@@ -74,6 +83,7 @@ SCORES = ("val_miou_13", "val_miou_present", "train_miou_13", "train_miou_presen
 PURITY_KEYS = ("S in c", "T in c", "T in bg", "CPS S in c", "CPS T in c")
 RESULT = "verdict.json"
 CHAIN = "chain.json"
+SEED_MAPS = "seeds_val.npz"
 
 
 def _benchmarks():
@@ -98,7 +108,8 @@ def job_overrides(arm: str, method: str, seed: int, args) -> tuple[str, list[str
     """(the method run, its overrides) of one job of ``arm``."""
     if arm == "scratch":
         return method, common_overrides(args.epochs, seed, args.amp)
-    start = args.out / "scratch" / f"seed{seed}" / baseline_of(method)
+    start = (getattr(args, "start_from", None) or args.out) / "scratch" / f"seed{seed}" / \
+        baseline_of(method)
     return method, [*common_overrides(args.continue_epochs, seed, args.amp),
                     f"model.init_from={start}"]
 
@@ -112,12 +123,92 @@ def _stage1(run: Path):
     return cfg, layout, load_stage1_model(cfg, layout.num_classes, run / "stage1.safetensors")
 
 
+def cam_grid(model, crop: int) -> list[int]:
+    """[h, w] of the CAM (the backbone's final level) for a ``crop`` x ``crop`` training image."""
+    import torch
+
+    backbone = model.backbone
+    with torch.no_grad():
+        levels = backbone.eval()(torch.zeros(1, 3, crop, crop))
+    return [int(n) for n in levels[backbone.final_level].shape[-2:]]
+
+
+def save_seed_maps(run: Path, split: str = "val") -> Path:
+    """``run/seeds_<split>.npz``: the run's seeds of ``split`` (``seeds/<split>/<id>.png``), one
+    uint8 label map per image id."""
+    import numpy as np
+
+    from plda.utils.io import atomic_save_npz
+    from plda.vis.palette import load_label_png
+
+    folder = run / "seeds" / split
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise SystemExit(f"{folder}: no seed maps to keep")
+    maps = {f.stem: np.asarray(load_label_png(f), dtype=np.uint8) for f in files}
+    path = run / f"seeds_{split}.npz"
+    atomic_save_npz(path, **maps)
+    return path
+
+
+def rescore_seed_maps(npz: Path, data: Path, split: str = "val") -> dict:
+    """``val_miou_13`` / ``val_miou_present`` / ``val_iou`` (keys named after ``split``)
+    recomputed from a ``seeds_<split>.npz`` and the dataset's masks: the numbers a
+    ``verdict.json`` holds, from files alone."""
+    import numpy as np
+
+    from plda.data.layout import DatasetLayout
+    from plda.evaluation.metrics import confusion_matrix, scores
+    from plda.vis.palette import load_label_png
+
+    voc12subset, _ = _benchmarks()
+    layout = DatasetLayout(data)
+    names = layout.class_names
+    conf = np.zeros((len(names), len(names)), np.int64)
+    with np.load(npz) as maps:
+        for image_id in maps.files:
+            gt = load_label_png(layout.mask_path(image_id))
+            pred = maps[image_id]
+            if pred.shape != gt.shape:
+                raise SystemExit(f"{npz}: {image_id} is {pred.shape}, its mask {gt.shape}")
+            conf += confusion_matrix(pred, gt, len(names))
+    res = scores(conf, names)
+    return {f"{split}_miou_present": res["miou"],
+            f"{split}_miou_13": voc12subset._mean(res["iou"].get(c)
+                                                  for c in voc12subset.SUPPORTED),
+            f"{split}_iou": res["iou"]}
+
+
+def rescore(out: Path, data: Path) -> list[tuple[Path, float, float]]:
+    """(run, recorded val_miou_13, re-scored) of every run under ``out`` that kept its seeds;
+    exits with an error naming the runs whose numbers differ."""
+    rows, wrong = [], []
+    for result in sorted(out.glob(f"*/seed*/*/{RESULT}")):
+        npz = result.parent / SEED_MAPS
+        if not npz.is_file():
+            continue
+        recorded = json.loads(result.read_text())["val_miou_13"]
+        again = rescore_seed_maps(npz, data)["val_miou_13"]
+        rows.append((result.parent, recorded, again))
+        print(f"{result.parent.relative_to(out)}: recorded {recorded:.4f}, re-scored "
+              f"{again:.4f}", flush=True)
+        if abs(recorded - again) > 1e-6:
+            wrong.append(str(result.parent))
+    if wrong:
+        raise SystemExit(f"re-scored val_miou_13 differs from verdict.json: {', '.join(wrong)}")
+    return rows
+
+
 def score_run(run: Path, row: dict, splits: list[str], amp: str, domain_images: int) -> dict:
-    """``row`` (voc12subset's results row) plus classification and domain purity."""
+    """``row`` (voc12subset's results row) plus classification, domain purity and the CAM grid;
+    with ``val`` among ``splits`` the val seeds are kept as ``seeds_val.npz``."""
     from plda.evaluation.classification import evaluate_classification
 
     _, plda_domains = _benchmarks()
     cfg, layout, model = _stage1(run)
+    row["cam_grid"] = cam_grid(model, cfg.data.crop)
+    if "val" in splits:
+        save_seed_maps(run, "val")
     row["classification"] = {s: evaluate_classification(model, layout, s, amp=amp)
                              for s in splits}
     if domain_images:
@@ -160,10 +251,11 @@ def run_job(arm: str, method: str, seed: int, args) -> dict:
             print(f"   (waiting for {start}: its scratch run is not finished)", flush=True)
             return {}
     began = _begin(f"{arm} seed {seed} {method}")
+    grid = getattr(args, "grid", "coarse")
     row = voc12subset.run_method(method, folder, args.data, [*overrides, *args.overrides],
-                                 refine="none", seg=False, label_free=False)
+                                 refine="none", seg=False, label_free=False, grid=grid)
     row = score_run(run, row, ["train", "val"], args.amp, args.domain_images)
-    return _finish(result, row, began, arm=arm, seed=seed, overrides=overrides)
+    return _finish(result, row, began, arm=arm, seed=seed, overrides=overrides, grid=grid)
 
 
 def run_chain(method: str, seed: int, args) -> dict:
@@ -378,7 +470,8 @@ def budget(args) -> list[dict]:
                          f"cam.amp={args.amp}", "data.eval_splits=[train]",
                          *([f"train.seed={seed}"] if seed else []), *args.overrides]
             row = voc12subset.run_method(method, folder, args.data, overrides, refine="none",
-                                         seg=False, label_free=False)
+                                         seg=False, label_free=False,
+                                         grid=getattr(args, "grid", "coarse"))
             row = score_run(folder / method, row, ["train"], args.amp, 0)
             rows.append(_finish(result, row, began, epochs=epochs, seed=seed))
     print(f"\n{'method':10s} {'epochs':>6s} {'train 13':>8s} {'train':>6s} {'thr':>5s} "
@@ -433,7 +526,10 @@ def _child_argv(args, *, seeds: str, methods: str, arms: str | None, epochs: str
     argv = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--data",
             str(args.data), "--seeds", seeds, "--methods", methods, "--epochs", epochs,
             "--amp", args.amp, "--domain-images", str(args.domain_images),
-            "--continue-epochs", str(args.continue_epochs), "--no-summary"]
+            "--continue-epochs", str(args.continue_epochs), "--no-summary",
+            "--grid", args.grid]
+    if args.start_from is not None:
+        argv += ["--start-from", str(args.start_from)]
     if budget_mode:
         argv.append("--budget")
     if arms:
@@ -522,6 +618,12 @@ def main(argv=None) -> int:
     p.add_argument("--amp", choices=("none", "bf16"), default="bf16")
     p.add_argument("--domain-images", type=int, default=200)
     p.add_argument("--summary", action="store_true", help="only the tables of finished runs")
+    p.add_argument("--grid", choices=("coarse", "fine"), default="coarse",
+                   help="the CAM grid's presets (module doc)")
+    p.add_argument("--start-from", type=Path, default=None, help="continue arm: the folder "
+                   "whose scratch/ runs it starts from (default --out)")
+    p.add_argument("--rescore", action="store_true", help="re-score every run's seeds_val.npz "
+                   "against the dataset's masks and compare with its verdict.json")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 train / 32 val images, "
                    "12 steps per run, 16 images for the domains")
     p.add_argument("--budget", action="store_true", help="the budget sweep (module doc)")
@@ -539,6 +641,11 @@ def main(argv=None) -> int:
     args.data = args.data.resolve()
     if not (args.data / "ImageSets" / "Segmentation" / "train.txt").is_file():
         raise SystemExit(f"{args.data}: not the VOC sample (no ImageSets/Segmentation/train.txt)")
+    if args.rescore:
+        rescore(args.out, args.data)
+        return 0
+    if args.start_from is not None:
+        args.start_from = args.start_from.resolve()
     if args.quick:
         voc12subset, _ = _benchmarks()
         args.data = voc12subset._quick_dataset(args.data, args.out / "quick-data", 64, 32)

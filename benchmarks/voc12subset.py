@@ -28,6 +28,8 @@ start and end of training (the first and last logged windows of ``logs/train.jso
 ``--seeds 0,1,2`` repeats everything once per ``train.seed`` into ``OUT/seed<k>/`` and ends with
 the spread table of ``benchmarks/seed_spread.py`` (per-method mean, sd, min, max; per pair of
 methods, on how many seeds the first wins): one run per method can rank them by chance.
+``--grid fine`` runs either suite on its fine-grid presets (a CAM grid of 28 x 28 at the training
+crop instead of 7 x 7 or 14 x 14).
 ``--suite synth`` runs the same comparison on the built-in synthetic dataset (presets
 ``synth_<method>``); with ``--seeds`` its spread table also gives the share of each object's
 discriminative part and of the rest of its body that the val seeds cover (from the dataset's
@@ -39,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 METHODS = ("cam", "seam", "cam_plda", "seam_plda")
@@ -106,12 +107,25 @@ def label_free_seeds(preset: str, location: list[str], overrides: list[str], run
     return make_seeds(cfg, [split]).get(split, {})
 
 
+GRIDS = ("coarse", "fine")
+
+
+def preset_name(method: str, suite: str = "voc12subset", grid: str = "coarse") -> str:
+    """The preset of ``method`` on ``suite`` with the CAM ``grid``: ``coarse`` the suite's own
+    presets, ``fine`` those on a CAM grid of at least 28 x 28 at the training crop."""
+    if grid not in GRIDS:
+        raise SystemExit(f"grid {grid!r}: expected one of {GRIDS}")
+    fine = "_fine" if grid == "fine" else ""
+    return f"synth{fine}_{method}" if suite == "synth" else \
+        f"voc12subset{fine}_{method}_effnetlite0"
+
+
 def method_config(method: str, out: Path, data: Path | None, overrides: list[str],
-                  suite: str = "voc12subset", refine: str = "irn"):
+                  suite: str = "voc12subset", refine: str = "irn", grid: str = "coarse"):
     """(preset name, location overrides, run config) of ``run_method``'s run."""
     from plda.config import load_run_config
 
-    preset = f"synth_{method}" if suite == "synth" else f"voc12subset_{method}_effnetlite0"
+    preset = preset_name(method, suite, grid)
     location = [f"run_dir={out / method}"] + ([] if suite == "synth" else [f"data.root={data}"])
     refine_override = [] if refine == "none" else [f"refine.method={refine}"]
     return preset, location, load_run_config(preset, [*location, *overrides, *refine_override])
@@ -119,13 +133,13 @@ def method_config(method: str, out: Path, data: Path | None, overrides: list[str
 
 def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
                suite: str = "voc12subset", refine: str = "irn", seg: bool = True,
-               label_free: bool = True) -> dict:
+               label_free: bool = True, grid: str = "coarse") -> dict:
     """The method's whole chain through ``plda run`` (each finished stage skipped on a re-run):
     stage 1 -> CAMs -> seeds, then (unless ``refine == "none"``) pseudo masks and (``seg``)
     the light DeepLab trained on them and evaluated on val. One results row."""
     from plda.pipeline.run import run_pipeline
 
-    preset, location, cfg = method_config(method, out, data, overrides, suite, refine)
+    preset, location, cfg = method_config(method, out, data, overrides, suite, refine, grid)
     until = "seeds" if refine == "none" else "seg_eval" if seg else "refine"
     metrics = run_pipeline(cfg, until=until)
     seeds, cams = metrics["seeds"], metrics.get("cam", {})
@@ -181,7 +195,8 @@ def _bench(methods: list[str], out: Path, data: Path, overrides: list[str], args
     for method in methods:
         print(f"== {method}", flush=True)
         rows.append(run_method(method, out, data, overrides, args.suite, args.refine,
-                               seg=not args.no_seg, label_free=not args.no_label_free))
+                               seg=not args.no_seg, label_free=not args.no_label_free,
+                               grid=args.grid))
     from plda.utils.io import atomic_write_json
 
     atomic_write_json(out / "results.json", {"suite": args.suite, "data": str(data),
@@ -222,6 +237,9 @@ def main(argv=None) -> int:
                    help="the VOC-layout sample (default ../shared/data/voc12-subset)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--suite", choices=("voc12subset", "synth"), default="voc12subset")
+    p.add_argument("--grid", choices=GRIDS, default="coarse", help="coarse: the suite's "
+                   "presets; fine: those on a CAM grid of at least 28 x 28 (voc12subset_fine_*, "
+                   "synth_fine_*)")
     p.add_argument("--refine", choices=("irn", "affinity", "crf", "pamr", "none"), default="irn",
                    help="refinement of the training split's seeds into pseudo masks "
                         "(pseudo/train/<id>.png; default irn, the preset's)")
