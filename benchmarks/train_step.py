@@ -16,7 +16,14 @@ Switches: ``--amp`` (``none`` = fp32, ``bf16``, ``fp16``; bf16 on a CPU without 
 instructions runs fp32 and the table says so), ``--conv-path`` (``auto``: per layer shape the
 faster of oneDNN and the joint-view GEMM, measured once per machine; or forced), ``--channels-last``
 (the trainer's ``train.channels_last``; ``auto`` times both once per machine, as the trainer
-does), ``--step-in-backward``.
+does), ``--step-in-backward``, ``--dilated-paths`` (the dilated depthwise convolutions' kernels:
+``auto`` each of forward and weight gradient measured per layer shape, ``fixed`` oneDNN's weight
+gradient and the forward by the padding rule, ``benchmarks/dilated_depthwise.py``).
+
+``--shapes 224/16,224/8,448/16``: rows for each crop/output-stride pair side by side (the
+coarse and fine CAM grids), each with its CAM grid and its time per step relative to the first
+shape's, per image pixel and per CAM cell. ``--profile`` adds the step's top operators
+(``torch.profiler``, self CPU time of one measured step) under each row.
 
 ``--reference PATH``: a checkout of the published code; its training loop's body runs unchanged
 (``benchmarks/published_code.py``) in fp32 in its own subprocess, and the table gives each
@@ -123,14 +130,40 @@ def worker(args) -> dict:
         if not torch.isfinite(loss):
             raise SystemExit(f"non-finite loss at step {step}: {float(loss)}")
     measured = times[args.warmup:]
+    top_ops = _profile(model, batch, dtype, device, opt, in_backward) if args.profile else None
+    with torch.no_grad():
+        grid = list(model.backbone(image[:1])[model.backbone.final_level].shape[-2:])
     return {
-        "code": "ours", "backbone": args.backbone, "method": args.method, "batch": args.batch,
+        "output_stride": args.output_stride, "cam_grid": [int(n) for n in grid],
+        "top_ops": top_ops, "code": "ours", "backbone": args.backbone, "method": args.method, "batch": args.batch,
         "crop": args.crop, "amp": args.amp, "amp_run": amp_run, "conv_path": args.conv_path,
         "channels_last": channels_last, "threads": args.threads, "device": args.device,
         "step_in_backward": in_backward, "seconds_per_step": statistics.median(measured),
         "seconds_min": min(measured), "peak_memory_mb": _peak_mb(device),
         "loss_first": losses_seen[0], "loss_last": losses_seen[-1],
     }
+
+
+def _profile(model, batch, dtype, device, opt, in_backward, top: int = 12) -> list[dict]:
+    """The ``top`` operators of one training step by self CPU time (ms and % of the step)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            losses = model(batch, progress=0.5)
+        losses["loss"].float().backward()
+        if not in_backward:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    events = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "calls": e.count, "ms": e.self_cpu_time_total / 1e3,
+             "percent": 100.0 * e.self_cpu_time_total / total} for e in events]
 
 
 def reference_worker(args) -> dict:
@@ -162,6 +195,32 @@ def _run(cmd: list[str], env: dict, what: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# --dilated-paths: (PLDA_DILATED_WEIGHT_GRAD, PLDA_DILATED_FORWARD)
+DILATED_PATHS = {"auto": ("auto", "auto"), "fixed": ("native", "padding")}
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    """``224/16,224/8`` -> [(224, 16), (224, 8)]."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            crop, stride = (int(v) for v in item.split("/"))
+        except ValueError:
+            raise SystemExit(f"--shapes: {item!r} is not CROP/STRIDE (e.g. 224/8)") from None
+        out.append((crop, stride))
+    return out
+
+
+def _ratios(row: dict, first: dict) -> tuple[float | None, float | None, float | None]:
+    """(step, step per pixel, step per CAM cell) of ``row`` relative to ``first``."""
+    if row.get("code") != "ours":
+        return None, None, None
+    step = row["seconds_per_step"] / first["seconds_per_step"]
+    pixels = (row["crop"] / first["crop"]) ** 2
+    cells = [a / b for a, b in zip(row.get("cam_grid") or [], first.get("cam_grid") or [])]
+    return step, step / pixels, (step / (cells[0] * cells[1]) if len(cells) == 2 else None)
+
+
 def _commit() -> str | None:
     from plda.utils.provenance import git_commit
 
@@ -184,6 +243,11 @@ def main(argv=None) -> int:
     p.add_argument("--step-in-backward", default="on",
                    help="comma list of on,off: the trainer's default (on) updates each parameter "
                         "inside backward; off steps after backward as torch.optim does")
+    p.add_argument("--shapes", default=None, help="comma list of crop/output-stride pairs, "
+                   "e.g. 224/16,224/8,448/16 (default: --crop/--output-stride)")
+    p.add_argument("--profile", action="store_true", help="the top operators of one step")
+    p.add_argument("--dilated-paths", default="auto", help="comma list of auto,fixed: the "
+                   "dilated depthwise convolutions' paths (module doc)")
     p.add_argument("--steps", type=int, default=3, help="measured steps (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -205,46 +269,68 @@ def main(argv=None) -> int:
     from plda.models.fastpath import cpu_features, describe_cpu
 
     common = []
-    for k in ("backbone", "method", "batch", "crop", "classes", "steps", "warmup", "threads",
-              "output_stride", "device"):
+    for k in ("backbone", "method", "batch", "classes", "steps", "warmup", "threads", "device"):
         common += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    if args.profile:
+        common.append("--profile")
+    shapes = _shapes(args.shapes) if args.shapes else [(args.crop, args.output_stride)]
     rows = []
     reference = None
     if args.reference:
         if (args.backbone, args.method) != ("resnet38", "seam_plda"):
             raise SystemExit("--reference: the published code trains resnet38 seam_plda only")
         reference = _run([sys.executable, __file__, "--reference-worker", "--reference",
-                          args.reference, *common], dict(os.environ), "published code")
-    for amp in args.amp.split(","):
-        for path in args.conv_path.split(","):
-            for cl in args.channels_last.split(","):
-                for sib in args.step_in_backward.split(","):
-                    env = dict(os.environ, PLDA_CONV_PATH=path)
-                    rows.append(_run([sys.executable, __file__, "--worker", "--amp", amp,
-                                      "--conv-path", path, "--channels-last", cl,
-                                      "--step-in-backward", sib, *common], env,
-                                     f"amp={amp} conv-path={path} channels-last={cl} "
-                                     f"step-in-backward={sib}"))
+                          args.reference, *common, "--crop", str(shapes[0][0])],
+                         dict(os.environ), "published code")
+    variants = [(crop, stride, amp, path, cl, sib, wgrad) for crop, stride in shapes
+                for amp in args.amp.split(",") for path in args.conv_path.split(",")
+                for cl in args.channels_last.split(",")
+                for sib in args.step_in_backward.split(",")
+                for wgrad in args.dilated_paths.split(",")]
+    for crop, stride, amp, path, cl, sib, wgrad in variants:
+        if wgrad not in DILATED_PATHS:
+            raise SystemExit(f"--dilated-paths: {wgrad!r}: expected {', '.join(DILATED_PATHS)}")
+        weight_grad, forward = DILATED_PATHS[wgrad]
+        env = dict(os.environ, PLDA_CONV_PATH=path, PLDA_DILATED_WEIGHT_GRAD=weight_grad,
+                   PLDA_DILATED_FORWARD=forward)
+        row = _run([sys.executable, __file__, "--worker", "--amp", amp, "--conv-path", path,
+                    "--channels-last", cl, "--step-in-backward", sib, "--crop", str(crop),
+                    "--output-stride", str(stride), *common], env,
+                   f"crop={crop} stride={stride} amp={amp} conv-path={path} "
+                   f"channels-last={cl} step-in-backward={sib} dilated-paths={wgrad}")
+        rows.append({**row, "dilated_paths": wgrad})
     print(f"{dt.date.today()} | commit {_commit()} | torch {torch.__version__} | "
           f"{platform.machine()}")
     print(describe_cpu() if args.device == "cpu" else f"device: {args.device}")
-    print(f"{args.backbone} {args.method}, batch {args.batch}, crop {args.crop}, "
+    print(f"{args.backbone} {args.method}, batch {args.batch}, "
           f"median of {args.steps} steps after {args.warmup}")
-    header = (f"{'code':9s} {'amp':>10s} {'conv path':>9s} {'NHWC':>4s} {'step in bwd':>11s} "
-              f"{'s/step':>7s} {'min':>6s} {'peak MB':>8s}")
+    header = (f"{'code':9s} {'crop':>4s} {'OS':>3s} {'grid':>7s} {'amp':>10s} {'conv path':>9s} "
+              f"{'NHWC':>4s} {'step in bwd':>11s} {'dilated':>7s} {'s/step':>7s} {'min':>6s} {'peak MB':>8s} "
+              f"{'x step':>6s} {'x /px':>6s} {'x /cell':>7s}")
     if reference:
         header += published_code.RATIO_HEADER
     print(header)
+    first = rows[0]
     for r in ([reference] if reference else []) + rows:
         amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
-        line = (f"{r['code']:9s} {amp:>10s} {r['conv_path']:>9s} "
+        grid = "x".join(map(str, r.get("cam_grid") or [])) or "-"
+        line = (f"{r['code']:9s} {r['crop']:4d} {r.get('output_stride', '-')!s:>3s} "
+                f"{grid:>7s} {amp:>10s} {r['conv_path']:>9s} "
                 f"{'yes' if r['channels_last'] else 'no':>4s} "
-                f"{'yes' if r['step_in_backward'] else 'no':>11s} {r['seconds_per_step']:7.2f} "
+                f"{'yes' if r['step_in_backward'] else 'no':>11s} "
+                f"{r.get('dilated_paths', '-'):>7s} {r['seconds_per_step']:7.2f} "
                 f"{r['seconds_min']:6.2f} {r['peak_memory_mb']:8.0f}")
+        line += "".join(f" {v:{w}.2f}" if v is not None else f" {'-':>{w}s}"
+                        for v, w in zip(_ratios(r, first), (6, 6, 7)))
         if reference:
             line += published_code.ratio_cells(r, reference, "seconds_per_step",
                                                "peak_memory_mb")
         print(line)
+        for op in r.get("top_ops") or []:
+            print(f"{'':14s}{op['percent']:5.1f} %  {op['ms']:9.1f} ms  {op['calls']:6d} x  "
+                  f"{op['op']}")
+    print("x step: seconds per step relative to the first row; x /px: per image pixel; "
+          "x /cell: per CAM grid cell.")
     if args.json:
         sys.path.insert(0, str(HERE.parent / "src"))
         from plda.utils.io import atomic_write_json

@@ -92,6 +92,61 @@ def test_dilated_depthwise_equals_dilated_conv(kernel, dilation, size, padding, 
     _compare(dilated_depthwise_conv2d, kernel, dilation, size, padding, dtype)
 
 
+@pytest.mark.parametrize("forward", ["native", "subgrid"])
+@pytest.mark.parametrize("wgrad", ["native", "subgrid"])
+@pytest.mark.parametrize("kernel,dilation,size,padding", list(_cases()))
+def test_each_fast_path_equals_dilated_conv(kernel, dilation, size, padding, forward, wgrad,
+                                            monkeypatch):
+    """Every combination of the forward's (and input gradient's) and the weight gradient's
+    paths gives F.conv2d's output and gradients."""
+    monkeypatch.setattr(layers, "DILATED_FORWARD", forward)
+    monkeypatch.setattr(layers, "DILATED_WEIGHT_GRAD", wgrad)
+    _compare(dilated_depthwise_conv2d, kernel, dilation, size, padding, torch.float64)
+
+
+def test_subgrid_weight_gradient_in_channels_last_and_float32():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 16, 14, 14, generator=g).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 16, 14, 14, generator=g).contiguous(memory_format=torch.channels_last)
+    for kernel, dilation in ((5, 4), (3, 2), (5, 2)):
+        pad = (kernel - 1) * dilation // 2
+        want = torch.nn.grad.conv2d_weight(x, (16, 1, kernel, kernel), grad, 1, pad, dilation, 16)
+        got = layers.subgrid_weight_grad(x, grad, (16, 1, kernel, kernel), dilation=dilation,
+                                         padding=(pad,) * 4)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_gradient_path_is_measured_once_per_shape_and_cached(monkeypatch, tmp_path):
+    from plda.models import fastpath
+    from plda.models.fastpath import ConvPathTuner
+
+    tuner = ConvPathTuner(tmp_path / "paths.json", repeats=1)
+    monkeypatch.setattr(fastpath, "TUNER", tuner)
+    monkeypatch.setattr(layers, "DILATED_WEIGHT_GRAD", "auto")
+    monkeypatch.setattr(layers, "DILATED_FORWARD", "auto")
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    weight = torch.randn(8, 1, 5, 5, requires_grad=True)
+    dilated_depthwise_conv2d(x, weight, dilation=2, padding=(4, 4, 4, 4)).sum().backward()
+    import json
+
+    choices = json.loads((tmp_path / "paths.json").read_text())["choices"]
+    [(key, choice)] = [(k, v) for k, v in choices.items() if k.startswith("dwgrad|")]
+    assert "2x8x12x12" in key and "|k5x5|d2x2|" in key and choice in layers.WEIGHT_GRAD_PATHS
+    # the forward and the flipped-kernel input gradient (same padding here): one measured key
+    assert [k for k in choices if k.startswith("dwfwd|")] == [key.replace("dwgrad", "dwfwd")]
+    # measured once: a second pass adds nothing to the cache
+    dilated_depthwise_conv2d(x, weight, dilation=2, padding=(4, 4, 4, 4)).sum().backward()
+    assert json.loads((tmp_path / "paths.json").read_text())["choices"] == choices
+    # A forced path is taken without measuring; an unknown one is refused by name.
+    monkeypatch.setattr(layers, "DILATED_WEIGHT_GRAD", "subgrid")
+    assert layers.weight_grad_path(x, x, weight.shape, (3, 3), (6, 6, 6, 6)) == "subgrid"
+    monkeypatch.setattr(layers, "DILATED_WEIGHT_GRAD", "fastest")
+    from plda.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="PLDA_DILATED_WEIGHT_GRAD='fastest'"):
+        layers.weight_grad_path(x, x, weight.shape, (2, 2), (4, 4, 4, 4))
+
+
 def test_dilated_depthwise_under_bf16_autocast():
     x = torch.randn(2, 8, 12, 12, requires_grad=True)
     weight = torch.randn(8, 1, 5, 5, requires_grad=True)

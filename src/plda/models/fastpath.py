@@ -271,7 +271,11 @@ def choose_channels_last(model: torch.nn.Module, batch, amp_dtype: torch.dtype |
 
     device = torch.device(device)
     backbone = getattr(model, "backbone", None)
+    # The output stride changes which layers run dilated, and so which layout is faster.
+    strides = getattr(backbone, "strides", None) or {}
+    stride = strides.get(getattr(backbone, "final_level", None), "-")
     key = (f"layout|{type(model).__name__}|{type(backbone).__name__ if backbone is not None else '-'}"
+           f"|os{stride}"
            f"|{str(amp_dtype).replace('torch.', '') if amp_dtype else 'float32'}|{_shapes(batch)}"
            f"|t{torch.get_num_threads()}").replace(" ", "")
 

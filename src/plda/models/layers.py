@@ -8,9 +8,17 @@ the same function with fast kernels only:
 
 * the input gradient of a stride-1 depthwise convolution is the same convolution of the output
   gradient with the flipped kernel, so it runs as a forward pass;
-* forward passes with large padding run "space-to-batch" (``space_to_batch_conv2d``, as
+* forward passes run natively or "space-to-batch" (``space_to_batch_conv2d``, as
   TensorFlow's ``atrous_conv2d`` does): an undilated convolution over the d x d interleaved
-  sub-grids, whose padding oneDNN handles fast.
+  sub-grids, whose padding oneDNN handles fast; oneDNN's own kernel is slow beyond a padding of
+  ``NATIVE_MAX_PADDING``, and which is faster below depends on the machine and layout, so the
+  path is measured per layer shape like the weight gradient's (``PLDA_DILATED_FORWARD=native|
+  subgrid|padding`` forces one, ``padding`` the fixed rule);
+* the weight gradient, which oneDNN computes 4-15x slower dilated than undilated (EfficientNet-
+  Lite0's layers at stride 8), runs either natively or as the undilated weight gradient over the
+  sub-grids (``subgrid_weight_grad``), whichever this machine runs faster for the layer's
+  shape: measured once and cached per machine like the convolution paths
+  (``PLDA_DILATED_WEIGHT_GRAD=native|subgrid`` forces one).
 
 The results equal ``F.conv2d`` to float rounding (tests/test_layers.py). The choices were timed
 on EfficientNet-Lite0's layers with torch 2.x on CPU (benchmarks/backbone_speed.py): routing
@@ -32,6 +40,11 @@ FOLD_FROZEN_BN = os.environ.get("PLDA_FOLD_FROZEN_BN", "1") != "0"
 FAST_DILATED_DEPTHWISE = os.environ.get("PLDA_FAST_DILATED_DEPTHWISE", "1") != "0"
 # oneDNN's dilated depthwise forward is 5-10x slower beyond this padding (5x5 kernel, dilation 4).
 NATIVE_MAX_PADDING = 4
+# The paths of the weight gradient and of the forward (and input gradient): auto (measured per
+# layer shape), native or subgrid; the forward also takes "padding" (NATIVE_MAX_PADDING's rule).
+PATHS = WEIGHT_GRAD_PATHS = ("native", "subgrid")
+DILATED_WEIGHT_GRAD = os.environ.get("PLDA_DILATED_WEIGHT_GRAD", "auto").strip().lower()
+DILATED_FORWARD = os.environ.get("PLDA_DILATED_FORWARD", "auto").strip().lower()
 
 Padding = tuple[int, int, int, int]  # F.pad order: left, right, top, bottom
 
@@ -74,11 +87,12 @@ def _from_subgrids(y: Tensor, dh: int, dw: int, channels_last: bool) -> Tensor:
     return y.reshape(dh, dw, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, h * dh, w * dw)
 
 
-def _subgrid_plan(x: Tensor, weight: Tensor, dilation: tuple[int, int], padding: Padding):
+def _subgrid_plan(x: Tensor, kernel: Sequence[int], dilation: tuple[int, int],
+                  padding: Padding):
     """Explicit F.pad amounts, sub-grid conv padding and the exact output size."""
     (dh, dw), (left, right, top, bottom) = dilation, padding
     h, w = x.shape[-2:]
-    kh, kw = weight.shape[-2:]
+    kh, kw = kernel
     out_h, out_w = h + top + bottom - (kh - 1) * dh, w + left + right - (kw - 1) * dw
     if out_h < 1 or out_w < 1:
         raise ValueError(f"input {tuple(x.shape)} padded by {tuple(padding)} is smaller than the "
@@ -99,12 +113,89 @@ def space_to_batch_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     sub-grid is an independent image on which the kernel taps, d apart on the full grid, are
     adjacent. Differentiable through plain tensor ops."""
     dh, dw = _pair(dilation)
-    explicit, sub_padding, (out_h, out_w) = _subgrid_plan(x, weight, (dh, dw), tuple(padding))
+    explicit, sub_padding, (out_h, out_w) = _subgrid_plan(x, weight.shape[-2:], (dh, dw),
+                                                          tuple(padding))
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     if any(explicit):
         x = F.pad(x, explicit)
     y = F.conv2d(_to_subgrids(x, dh, dw), weight, bias, 1, sub_padding, 1, groups)
     return _from_subgrids(y, dh, dw, channels_last)[:, :, :out_h, :out_w]
+
+
+def subgrid_weight_grad(x: Tensor, grad: Tensor, weight_shape: Sequence[int], *,
+                        dilation: int | Sequence[int], padding: Sequence[int]) -> Tensor:
+    """The weight gradient of ``F.conv2d(F.pad(x, padding), w, None, 1, 0, dilation,
+    groups=C)`` for a depthwise ``w`` of ``weight_shape`` (C, 1, kh, kw), given the output's
+    gradient ``grad``, as the undilated weight gradient over the sub-grids of
+    ``space_to_batch_conv2d``: tap t of the kernel pairs output pixel i with input pixel
+    i + t * d, and on the sub-grids that pair is one pixel apart. ``grad`` is zero-padded to
+    the sub-grids' full output (the rows the forward crops contribute nothing)."""
+    dh, dw = _pair(dilation)
+    kernel = tuple(weight_shape[-2:])
+    explicit, sub_padding, (out_h, out_w) = _subgrid_plan(x, kernel, (dh, dw), tuple(padding))
+    if any(explicit):
+        x = F.pad(x, explicit)
+    sub_x = _to_subgrids(x, dh, dw)
+    sub_h = sub_x.shape[-2] + 2 * sub_padding[0] - (kernel[0] - 1)
+    sub_w = sub_x.shape[-1] + 2 * sub_padding[1] - (kernel[1] - 1)
+    grad = F.pad(grad, (0, sub_w * dw - out_w, 0, sub_h * dh - out_h))
+    return torch.nn.grad.conv2d_weight(sub_x, tuple(weight_shape), _to_subgrids(grad, dh, dw), 1,
+                                       sub_padding, 1, x.shape[1])
+
+
+def _native_weight_grad(x: Tensor, grad: Tensor, weight_shape: Sequence[int],
+                        dilation: tuple[int, int], padding: Padding) -> Tensor:
+    conv_input, conv_padding = _conv_input_and_padding(x, padding)
+    return torch.nn.grad.conv2d_weight(conv_input, tuple(weight_shape), grad, 1, conv_padding,
+                                       dilation, x.shape[1])
+
+
+def _measured_path(kind: str, mode: str, setting: str, x: Tensor, kernel: Sequence[int],
+                   dilation: tuple[int, int], padding: Padding, candidates) -> str:
+    """``native`` or ``subgrid``: ``mode`` when it names one, else the faster for this shape,
+    dtype, layout and thread count on this machine (measured once and cached with the
+    convolution paths, ``plda.models.fastpath.TUNER``)."""
+    if mode in PATHS:
+        return mode
+    if mode != "auto":
+        from plda.errors import ConfigError
+
+        raise ConfigError(f"{setting}={mode!r}: expected auto, native or subgrid")
+    from plda.models.fastpath import TUNER
+
+    layout = "nhwc" if (not x.is_contiguous()
+                        and x.is_contiguous(memory_format=torch.channels_last)) else "nchw"
+    key = (f"{kind}|{'x'.join(map(str, x.shape))}|k{'x'.join(map(str, kernel))}"
+           f"|d{dilation[0]}x{dilation[1]}|p{'x'.join(map(str, padding))}"
+           f"|{str(x.dtype).replace('torch.', '')}|{layout}|t{torch.get_num_threads()}")
+    return TUNER.choose(key, candidates, PATHS)
+
+
+def weight_grad_path(x: Tensor, grad: Tensor, weight_shape: Sequence[int],
+                     dilation: tuple[int, int], padding: Padding) -> str:
+    """The weight gradient's path (``PLDA_DILATED_WEIGHT_GRAD``, ``auto``: measured)."""
+    def candidates():
+        return {"native": lambda: _native_weight_grad(x, grad, weight_shape, dilation, padding),
+                "subgrid": lambda: subgrid_weight_grad(x, grad, weight_shape, dilation=dilation,
+                                                       padding=padding)}
+
+    return _measured_path("dwgrad", DILATED_WEIGHT_GRAD, "PLDA_DILATED_WEIGHT_GRAD", x,
+                          weight_shape[-2:], dilation, padding, candidates)
+
+
+def forward_path(x: Tensor, weight: Tensor, dilation: tuple[int, int], padding: Padding) -> str:
+    """The forward's (and the flipped-kernel input gradient's) path: ``PLDA_DILATED_FORWARD``
+    (``auto``: measured; ``padding``: oneDNN up to ``NATIVE_MAX_PADDING``, sub-grids beyond)."""
+    if DILATED_FORWARD == "padding":
+        return "subgrid" if max(padding) > NATIVE_MAX_PADDING else "native"
+
+    def candidates():
+        return {"native": lambda: _plain_depthwise(x, weight, None, dilation, padding),
+                "subgrid": lambda: space_to_batch_conv2d(x, weight, None, dilation=dilation,
+                                                         padding=padding, groups=x.shape[1])}
+
+    return _measured_path("dwfwd", DILATED_FORWARD, "PLDA_DILATED_FORWARD", x,
+                          weight.shape[-2:], dilation, padding, candidates)
 
 
 def _conv_input_and_padding(x: Tensor, padding: Padding) -> tuple[Tensor, tuple[int, int]]:
@@ -124,8 +215,8 @@ def _plain_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None,
 def _depthwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None,
                        dilation: tuple[int, int], padding: Padding) -> Tensor:
     """The dilated depthwise convolution by whichever of oneDNN's kernel and space-to-batch is
-    fast for this padding."""
-    if max(padding) > NATIVE_MAX_PADDING:
+    faster for this layer (``forward_path``)."""
+    if forward_path(x, weight, dilation, padding) == "subgrid":
         return space_to_batch_conv2d(x, weight, bias, dilation=dilation, padding=padding,
                                      groups=x.shape[1])
     return _plain_depthwise(x, weight, bias, dilation, padding)
@@ -159,9 +250,11 @@ class _DilatedDepthwiseConv2d(torch.autograd.Function):
                 grad_x = _depthwise_forward(grad, weight.flip(-2, -1), None, dilation,
                                             flipped_padding)
             if ctx.needs_input_grad[1]:
-                conv_input, conv_padding = _conv_input_and_padding(x, ctx.padding)
-                grad_w = torch.nn.grad.conv2d_weight(conv_input, weight.shape, grad, 1,
-                                                     conv_padding, dilation, x.shape[1])
+                if weight_grad_path(x, grad, weight.shape, dilation, ctx.padding) == "subgrid":
+                    grad_w = subgrid_weight_grad(x, grad, weight.shape, dilation=dilation,
+                                                 padding=ctx.padding)
+                else:
+                    grad_w = _native_weight_grad(x, grad, weight.shape, dilation, ctx.padding)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None
