@@ -255,7 +255,24 @@ def run_job(arm: str, method: str, seed: int, args) -> dict:
     row = voc12subset.run_method(method, folder, args.data, [*overrides, *args.overrides],
                                  refine="none", seg=False, label_free=False, grid=grid)
     row = score_run(run, row, ["train", "val"], args.amp, args.domain_images)
-    return _finish(result, row, began, arm=arm, seed=seed, overrides=overrides, grid=grid)
+    row = _finish(result, row, began, arm=arm, seed=seed, overrides=overrides, grid=grid)
+    keep_result(run, getattr(args, "keep", None), args.out)
+    return row
+
+
+def keep_result(run: Path, keep: Path | None, out: Path) -> None:
+    """Copy a finished run's ``verdict.json`` and ``seeds_val.npz`` to the same place under
+    ``keep`` (the repository's results folder): what re-scoring and the summary need."""
+    if keep is None:
+        return
+    import shutil
+
+    target = keep / run.relative_to(out)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (RESULT, SEED_MAPS):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, target / f".{name}.tmp")
+            os.replace(target / f".{name}.tmp", target / name)
 
 
 def run_chain(method: str, seed: int, args) -> dict:
@@ -528,6 +545,8 @@ def _child_argv(args, *, seeds: str, methods: str, arms: str | None, epochs: str
             "--amp", args.amp, "--domain-images", str(args.domain_images),
             "--continue-epochs", str(args.continue_epochs), "--no-summary",
             "--grid", args.grid]
+    if args.keep is not None:
+        argv += ["--keep", str(args.keep)]
     if args.start_from is not None:
         argv += ["--start-from", str(args.start_from)]
     if budget_mode:
@@ -622,6 +641,9 @@ def main(argv=None) -> int:
                    help="the CAM grid's presets (module doc)")
     p.add_argument("--start-from", type=Path, default=None, help="continue arm: the folder "
                    "whose scratch/ runs it starts from (default --out)")
+    p.add_argument("--keep", type=Path, default=None, help="copy each finished run's "
+                   "verdict.json and seeds_val.npz under this folder (the results kept in the "
+                   "repository), in the same arm/seed/method layout")
     p.add_argument("--rescore", action="store_true", help="re-score every run's seeds_val.npz "
                    "against the dataset's masks and compare with its verdict.json")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 train / 32 val images, "
@@ -646,6 +668,8 @@ def main(argv=None) -> int:
         return 0
     if args.start_from is not None:
         args.start_from = args.start_from.resolve()
+    if args.keep is not None:
+        args.keep = args.keep.resolve()
     if args.quick:
         voc12subset, _ = _benchmarks()
         args.data = voc12subset._quick_dataset(args.data, args.out / "quick-data", 64, 32)

@@ -142,3 +142,17 @@ def test_fine_continue_jobs_can_start_from_another_folder(tmp_path):
                      start_from=coarse, grid="fine")
     _, overrides = plda_verdict.job_overrides("continue", "cam_plda", 2, args)
     assert f"model.init_from={coarse / 'scratch' / 'seed2' / 'cam'}" in overrides
+
+
+def test_a_finished_run_is_kept_with_its_seed_maps(tmp_path):
+    out, keep = tmp_path / "runs", tmp_path / "results"
+    run = out / "continue" / "seed1" / "seam_plda"
+    run.mkdir(parents=True)
+    (run / plda_verdict.RESULT).write_text('{"val_miou_13": 30.0}')
+    np.savez_compressed(run / plda_verdict.SEED_MAPS, a=np.ones((2, 2), np.uint8))
+    (run / "stage1.safetensors").write_bytes(b"weights stay in the run folder")
+    plda_verdict.keep_result(run, keep, out)
+    kept = keep / "continue" / "seed1" / "seam_plda"
+    assert sorted(p.name for p in kept.iterdir()) == [plda_verdict.SEED_MAPS, plda_verdict.RESULT]
+    assert json.loads((kept / plda_verdict.RESULT).read_text()) == {"val_miou_13": 30.0}
+    plda_verdict.keep_result(run, None, out)  # nothing asked: nothing copied, no error
