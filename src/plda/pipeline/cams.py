@@ -174,6 +174,30 @@ def choose_threshold(cfg: RunConfig, layout, splits: list[str], *,
     return {"bg_threshold": threshold, "tuning": tuning}, exclude
 
 
+def tuning_ids(cfg: RunConfig, split: str) -> list[str]:
+    """The images of ``split`` that tuned the background threshold on a held-out half (the
+    seeds' ``tuning`` entry in ``metrics.json``); none when the threshold was tuned otherwise."""
+    import json
+
+    try:
+        tuning = json.loads((run_dir(cfg) / "metrics.json").read_text())["seeds"]["tuning"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if isinstance(tuning, dict) and tuning.get("split") == split:
+        return list(tuning.get("tuned_ids") or [])
+    return []
+
+
+def scored_ids(cfg: RunConfig, layout, split: str, ids=None, tuned=None) -> tuple[list[str],
+                                                                                 set[str]]:
+    """(the images of ``split`` to score, those left out for having tuned the threshold):
+    every image of ``ids`` (default: the split's) that has a mask, minus ``tuned`` (default:
+    ``tuning_ids``). Seeds, pseudo masks and segmentation are all scored on these."""
+    skip = set(tuning_ids(cfg, split) if tuned is None else tuned)
+    masked = layout.masked_ids(split if ids is None else list(ids))
+    return [i for i in masked if i not in skip], skip
+
+
 def score_entry(result: dict, ids_total: int, scored: int) -> dict:
     """A split's score record: the scores and how many of its images had masks."""
     keep = {k: result[k] for k in ("miou", "iou", "precision", "recall") if k in result}
@@ -203,8 +227,7 @@ def make_seeds(cfg: RunConfig, splits=None, *, workers: int | None = None) -> di
         # Seeds depend on the threshold, which a new sweep may move: always rewrite them.
         write_seeds(out / "cams" / split, out / "seeds" / split, ids, threshold,
                     workers=workers, skip_existing=False)
-        skip = set(exclude.get(split, ()))
-        scored = [i for i in layout.masked_ids(split) if i not in skip]
+        scored, skip = scored_ids(cfg, layout, split, tuned=exclude.get(split, ()))
         if scored:
             ev = evaluate_cams(out / "cams" / split, layout.mask_dir, scored, layout.class_names,
                                [threshold], num_workers=workers)

@@ -239,33 +239,18 @@ def _split_entry(cfg: RunConfig, layout, split: str, out: Path, written: int,
     """Written count and timing of one split's pseudo masks, with their scores on the images
     that have masks (not on those that tuned the background threshold); a reason when none."""
     from plda.evaluation.evaluate import evaluate_labels
-    from plda.pipeline.cams import no_masks_reason, score_entry, unscored_entry
+    from plda.pipeline.cams import no_masks_reason, score_entry, scored_ids, unscored_entry
 
     entry = {"written": written, "seconds": seconds,
              "seconds_per_image": seconds / written if written else 0.0}
     ids = layout.ids(split)
-    skip = set(_tuning_ids(cfg, split))
-    scored = [i for i in layout.masked_ids(split) if i not in skip]
+    scored, skip = scored_ids(cfg, layout, split)
     if scored:
         ev = evaluate_labels(out, layout.mask_dir, scored, layout.class_names)
         entry.update(score_entry(ev, len(ids), len(scored)))
     else:
         entry.update(unscored_entry(len(ids), no_masks_reason(layout, split, skip)))
     return entry
-
-
-def _tuning_ids(cfg: RunConfig, split: str) -> list[str]:
-    """The images of ``split`` that tuned the background threshold on a held-out half
-    (``metrics.json`` seeds.tuning): they are not scored, here as for the seeds."""
-    import json
-
-    try:
-        tuning = json.loads((run_dir(cfg) / "metrics.json").read_text())["seeds"]["tuning"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    if isinstance(tuning, dict) and tuning.get("split") == split:
-        return list(tuning.get("tuned_ids") or [])
-    return []
 
 
 def _walk_splits(cfg: RunConfig, splits, dist, method: str, net, make_mask,

@@ -134,11 +134,9 @@ def evaluate_segmentation(cfg: RunConfig, splits=None, *, weights=None, dist=Non
                        "seconds_per_image": per_image}
         # Scored on the images that have masks (none: VOC's test, or one's own photos), minus
         # those that tuned the background threshold on a held-out half; a reason otherwise.
-        from plda.pipeline.cams import no_masks_reason, score_entry, unscored_entry
-        from plda.pipeline.refine import _tuning_ids
+        from plda.pipeline.cams import no_masks_reason, score_entry, scored_ids, unscored_entry
 
-        skip = set(_tuning_ids(cfg, split))
-        scored = [i for i in layout.masked_ids(all_ids) if i not in skip]
+        scored, skip = scored_ids(cfg, layout, split, ids=all_ids)
         if is_main_process() and scored:
             from plda.evaluation.evaluate import evaluate_labels
 
