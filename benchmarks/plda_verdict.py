@@ -14,7 +14,7 @@ chosen on train:
 
 - ``scratch``: each of cam, cam_plda, seam, seam_plda trained from ImageNet for ``--epochs``
   (the paper's protocol; default 8, 1,096 steps: the budget sweep's choice, see
-  docs/benchmarks.md);
+  docs/history.md);
 - ``continue``: each scratch baseline run of the same seed trained ``--continue-epochs`` more,
   with its own losses only (cam -> cam, seam -> seam) or with PLDA added (cam -> cam_plda,
   seam -> seam_plda) through ``model.init_from``: the same classifier state, the same extra

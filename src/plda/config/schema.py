@@ -98,7 +98,7 @@ class CamConfig:
     sweep_split: str = "train"
     # With no masks to tune on (``plda.inference.thresholds``): "otsu", "soft_miou" or
     # "fixed:V". Chosen as the rule whose threshold landed closest to the mask-tuned one on the
-    # training splits of the VOC sample and the synthetic set (docs/benchmarks.md).
+    # training splits of the VOC sample and the synthetic set (docs/history.md).
     label_free: str = LABEL_FREE_DEFAULT
 
     def __post_init__(self) -> None:

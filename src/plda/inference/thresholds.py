@@ -16,7 +16,7 @@ Rules (``cam.label_free``):
 
 Which rule lands closest to the mask-tuned threshold was measured on the VOC sample and the
 synthetic set (``benchmarks/threshold_rules.py``; the result and the default are in
-docs/benchmarks.md).
+docs/history.md).
 """
 
 from __future__ import annotations
