@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 
 from plda.data.camfile import save_cams
-from plda.evaluation.evaluate import (default_workers, evaluate_cams, evaluate_labels, find_ids,
+from plda.evaluation.evaluate import (evaluate_cams, evaluate_labels, find_ids,
                                       read_class_names)
+from plda.utils.parallel import default_workers
 from plda.utils.progress import progress
 
 N_CLASSES = 21

@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     from plda.config import load_run_folder_config
     from plda.data.camfile import load_cams
     from plda.data.transforms import EvalTransform
-    from plda.evaluation.evaluate import seeds_from_cams
+    from plda.inference.seeds import seeds_from_cams
     from plda.evaluation.metrics import confusion_matrix
-    from plda.pipeline.common import load_layout, run_dir
+    from plda.runfolder import load_layout, run_dir
     from plda.pipeline.refine import (background_threshold, irn_boundary, irn_thresholds,
                                       load_boundary_net)
     from plda.refinement.irn import irn_walk_scores, label_walked

@@ -116,7 +116,8 @@ def job_overrides(arm: str, method: str, seed: int, args) -> tuple[str, list[str
 
 def _stage1(run: Path):
     from plda.config import load_run_folder_config
-    from plda.pipeline.common import load_layout, load_stage1_model
+    from plda.runfolder import load_layout
+    from plda.pipeline.common import load_stage1_model
 
     cfg = load_run_folder_config(run)
     layout = load_layout(cfg, generate=False)

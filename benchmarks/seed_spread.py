@@ -43,7 +43,7 @@ def part_body(run: Path, cfg) -> dict:
     with part masks (the built-in synthetic one); empty elsewhere."""
     from plda.data.layout import DatasetLayout
     from plda.evaluation.parts import PARTS_DIR, part_body_coverage
-    from plda.pipeline.common import dataset_root
+    from plda.runfolder import dataset_root
 
     from plda.errors import DataError
 

@@ -37,7 +37,7 @@ def run_one(preset: str, seed: int, out: Path, results: Path) -> dict:
     from plda.config import load_run_config
     from plda.evaluation.evaluate import evaluate_cams
     from plda.inference.thresholds import all_rule_thresholds, cam_histogram
-    from plda.pipeline.common import load_layout
+    from plda.runfolder import load_layout
     from plda.pipeline.run import run_pipeline
     from plda.utils.provenance import git_commit
 

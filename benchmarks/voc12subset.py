@@ -99,7 +99,7 @@ def label_free_seeds(preset: str, location: list[str], overrides: list[str], run
     folder ``run/label_free`` reusing ``run``'s stage-1 weights; resumable like ``plda cam``)."""
     from plda.config import load_run_config
     from plda.pipeline.cams import make_cams, make_seeds
-    from plda.pipeline.common import STAGE1_WEIGHTS
+    from plda.runfolder import STAGE1_WEIGHTS
 
     cfg = load_run_config(preset, [*location, *overrides, f"run_dir={run / 'label_free'}",
                                    "cam.label_source=predicted", f"cam.bg_threshold={threshold}"])

@@ -57,7 +57,7 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(monkeypatch):
 
 def test_trainer_and_cam_inference_run_fp32_when_bf16_is_absent(monkeypatch, tmp_path):
     import _toy_training as toy
-    from plda.inference import cams
+    from plda.inference import runtime
 
     monkeypatch.setenv("PLDA_CPU_FLAGS", "avx2")
     seen = []
@@ -74,7 +74,7 @@ def test_trainer_and_cam_inference_run_fp32_when_bf16_is_absent(monkeypatch, tmp
     assert seen and all(not enabled for _, _, enabled in seen)
     seen.clear()
     with pytest.warns(RuntimeWarning, match="amp=bf16"):
-        ctx = cams._autocast(torch.device("cpu"), "bf16")
+        ctx = runtime.autocast(torch.device("cpu"), "bf16")
     with ctx:
         assert not torch.is_autocast_enabled("cpu")
 

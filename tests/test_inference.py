@@ -22,7 +22,7 @@ from plda.data.camfile import load_cams, save_cams
 from plda.data.layout import DatasetLayout
 from plda.data.transforms import EvalTransform
 from plda.errors import ConfigError, DataError
-from plda.evaluation.evaluate import seeds_from_cams
+from plda.inference.seeds import seeds_from_cams
 from plda.inference.cams import (infer_cams, multiscale_cam, multiscale_cam_batch, normalize_cams,
                                  scaled_size)
 from plda.inference.seeds import write_seeds

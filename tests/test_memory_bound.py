@@ -169,7 +169,7 @@ def test_a_segmentation_crop_that_cannot_fit_is_refused(tmp_path):
     cfg = load_run_config("synth_cam", [*TINY, f"run_dir={tmp_path / 'run'}",
                                         "seg.model.pretrained=null", "seg.crop=40000",
                                         f"seg.mask_dir={masks}"])
-    from plda.pipeline.common import dataset_root
+    from plda.runfolder import dataset_root
 
     dataset_root(cfg)  # the synthetic images
     with pytest.raises(Exception, match=r"seg.crop=40000 with batch \d+ needs about"

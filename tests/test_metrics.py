@@ -8,7 +8,8 @@ import torch
 
 from plda.data.camfile import FORMAT_VERSION, CamFile, load_cams, save_cams
 from plda.errors import ConfigError, DataError
-from plda.evaluation.evaluate import evaluate_cams, evaluate_labels, seeds_from_cams
+from plda.evaluation.evaluate import evaluate_cams, evaluate_labels
+from plda.inference.seeds import seeds_from_cams
 from plda.evaluation.metrics import (all_reduce_confusion, confusion_matrix,
                                      confusion_matrix_torch, scores)
 from plda.vis.palette import load_label_png, save_label_png

@@ -97,7 +97,7 @@ def test_unknown_stage_is_a_config_error(tmp_path):
 
 def test_missing_dataset_root_is_named(tmp_path):
     from plda.errors import DataError
-    from plda.pipeline.common import dataset_root
+    from plda.runfolder import dataset_root
 
     cfg = load_run_config("synth_cam", [f"run_dir={tmp_path}", f"data.root={tmp_path / 'nope'}"])
     with pytest.raises(DataError, match="nope.*not a folder"):
@@ -239,7 +239,7 @@ def test_irn_thresholds_follow_the_chosen_seed_threshold(tmp_path):
     the linear rule scales all three by the run's chosen threshold / 0.15 (capped at 0.95);
     otherwise they are the configured values. The relation labels use them."""
     from plda.errors import DataError
-    from plda.pipeline.common import update_metrics
+    from plda.runfolder import update_metrics
     from plda.pipeline.refine import irn_thresholds
     from plda.refinement.relations import relation_labels
 
@@ -271,7 +271,7 @@ def test_irn_power_rule_equals_irn_values_on_rescaled_cams(tmp_path):
     that sends the seed threshold t onto 0.15. At t = 0.15 the values are IRN's; a threshold
     outside (0, 1) is refused by name."""
     from plda.errors import DataError
-    from plda.pipeline.common import update_metrics
+    from plda.runfolder import update_metrics
     from plda.pipeline.refine import irn_thresholds
     from plda.refinement.relations import relation_labels
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from plda.data.camfile import save_cams
 from plda.data.transforms import EvalTransform, SegTransform, Stage1Transform, denormalize
-from plda.evaluation.evaluate import evaluate_cams, evaluate_labels, seeds_from_cams
+from plda.evaluation.evaluate import evaluate_cams, evaluate_labels
+from plda.inference.seeds import seeds_from_cams
 from plda.evaluation.metrics import confusion_matrix, confusion_matrix_torch, scores
 from plda.data.camfile import load_cams
 from plda.vis.palette import save_label_png

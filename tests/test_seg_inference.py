@@ -151,7 +151,7 @@ def _seg_run(tmp_path, *overrides):
     """A run folder with a 4-image synthetic val split and a random tiny segmentation net."""
     from plda.config import load_run_config
     from plda.data.synth import generate_synthetic
-    from plda.pipeline.common import load_layout
+    from plda.runfolder import load_layout
     from plda.segmentation.models import build_segmentation_net, save_segmentation_net
 
     run = tmp_path / "run"

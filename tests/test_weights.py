@@ -15,7 +15,8 @@ import torch
 from plda.cli import convert_weights as convert_cli
 from plda.cli import weights as weights_cli
 from plda.errors import WeightsError
-from plda.weights.convert import ConvertReport, convert_resnet38, resnet38_name_map
+from plda.models.backbones.resnet38 import convert_imagenet_params as convert_resnet38
+from plda.weights.convert import ConvertReport, resnet38_name_map
 from plda.weights.inspect import inspect_weights
 from plda.weights.io import load_state_dict_file, save_state_dict_file
 from plda.weights.mxnet import read_params, write_params

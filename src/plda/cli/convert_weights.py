@@ -23,8 +23,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from plda.weights.convert import convert_resnet38
+    from plda.models.backbones.resnet38 import convert_imagenet_params
 
-    report = convert_resnet38(args.input, args.output, fmt=args.fmt, allow_missing=args.allow_missing)
+    report = convert_imagenet_params(args.input, args.output, fmt=args.fmt, allow_missing=args.allow_missing)
     print(report.summary())
     return 0

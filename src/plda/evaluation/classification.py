@@ -61,7 +61,8 @@ def image_scores(model, layout, split: str, *, amp: str = "none") -> tuple[np.nd
     import torch
 
     from plda.data.transforms import EvalTransform
-    from plda.inference.cams import _autocast, class_scores
+    from plda.inference.cams import class_scores
+    from plda.inference.runtime import autocast
     from plda.utils.progress import progress_bar
 
     ids = layout.ids(split)
@@ -73,7 +74,7 @@ def image_scores(model, layout, split: str, *, amp: str = "none") -> tuple[np.nd
     model.eval()
     bar = progress_bar(len(ids), desc=f"classify {split}", unit="img")
     try:
-        with torch.no_grad(), _autocast(device, amp):
+        with torch.no_grad(), autocast(device, amp):
             for i, image_id in enumerate(ids):
                 x = transform(layout.load_image(image_id)).to(device)[None]
                 logits = class_scores(model.cams(x, revised=False))  # PCM not needed

@@ -16,24 +16,21 @@ confusion matrix after a cumulative sum over the bins.
 
 from __future__ import annotations
 
-import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from plda.data.camfile import CamFile, load_cams
+from plda.data.camfile import load_cams
 from plda.errors import ConfigError, DataError
 from plda.evaluation.metrics import VOC_CLASSES, confusion_matrix, scores
 from plda.utils.io import check_id, safe_join
-from plda.utils.progress import progress_bar
+from plda.inference.seeds import foreground
+from plda.utils.parallel import map_sum
 from plda.vis.palette import load_label_png
 
 # Below this many images a worker pool costs more to start than it saves.
-_MIN_IMAGES_FOR_POOL = 32
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -78,11 +75,6 @@ def find_ids(folder: str | os.PathLike, suffix: str) -> list[str]:
     return [check_id(i, source=str(folder)) for i in ids]
 
 
-def default_workers() -> int:
-    """Worker processes used when ``num_workers`` is ``None``: the CPU count, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 def _load_gt(gt_dir: str, image_id: str) -> tuple[np.ndarray, Path]:
     gt_path = safe_join(gt_dir, image_id + ".png")
     if not gt_path.is_file():
@@ -114,30 +106,6 @@ def _label_chunk(ids: Sequence[str], pred_dir: str, gt_dir: str, n: int,
                 raise
             skipped.append((image_id, str(exc)))
     return conf, skipped
-
-
-def _foreground(cams: np.ndarray, keys: np.ndarray, image_size: tuple[int, int]
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The per-pixel maximum over the CAM planes and its class (uint8; 0 without planes).
-
-    Strict ``>`` keeps the earlier (lower-class) plane on ties, like ``np.argmax``. Works on any
-    ordered dtype, including the bit patterns of non-negative float16 values.
-    """
-    if len(keys) == 0:
-        return np.zeros(image_size, cams.dtype), np.zeros(image_size, np.uint8)
-    fg_max = cams[0].copy()
-    fg_label = np.full(image_size, keys[0], np.uint8)
-    for plane, key in zip(cams[1:], keys[1:]):
-        np.copyto(fg_label, np.uint8(key), where=plane > fg_max)
-        np.maximum(fg_max, plane, out=fg_max)
-    return fg_max, fg_label
-
-
-def seeds_from_cams(camfile: CamFile, threshold: float) -> np.ndarray:
-    """The seed label map ``(H, W) uint8``: the CAM argmax where it is strictly above
-    ``threshold``, background (0) elsewhere (ties go to background, as in SEAM)."""
-    fg_max, fg_label = _foreground(camfile.cams, camfile.keys, camfile.image_size)
-    return np.where(fg_max > np.float32(threshold), fg_label, 0).astype(np.uint8)
 
 
 def _cam_chunk(ids: Sequence[str], cam_dir: str, gt_dir: str, n: int, ignore_index: int,
@@ -194,7 +162,7 @@ def _cam_image_hist(image_id: str, cam_dir: str, gt_dir: str, n: int, ignore_ind
     if bits.size and bits.max() >= 0x8000:
         # Slightly negative values (allowed on load) are background at any t >= 0.
         bits = np.where(bits >= 0x8000, np.uint16(0), bits)
-    fg_bits, fg_label = _foreground(bits, camfile.keys, camfile.image_size)
+    fg_bits, fg_label = foreground(bits, camfile.keys, camfile.image_size)
     code = bin_code[fg_bits]
     code += gt_code[gt]
     code += fg_label
@@ -217,50 +185,6 @@ def sweep_confusions(hist: np.ndarray) -> np.ndarray:
     conf = above[1:].copy()
     conf[:, :, 0] += below[:-1]
     return conf
-
-
-def _map_sum(fn: Callable[..., tuple[np.ndarray, list]], ids: Sequence[str], args: tuple,
-             num_workers: int | None, desc: str) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Run ``fn(chunk, *args)`` over chunks of ``ids`` in worker processes; sum the arrays and
-    gather the skipped ``(id, reason)`` pairs, in the order of ``ids``."""
-    ids = list(ids)
-    if not ids:
-        raise DataError("no images to evaluate (the id list is empty)")
-    workers = default_workers() if num_workers is None else max(0, int(num_workers))
-    if len(ids) < _MIN_IMAGES_FOR_POOL:
-        workers = 0
-    chunk = max(1, min(64, math.ceil(len(ids) / (max(workers, 1) * 4))))
-    chunks = [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
-    total = None
-    skipped: list[tuple[str, str]] = []
-    with progress_bar(len(ids), desc=desc, unit="img") as bar:
-        if workers <= 1:
-            for part_ids in chunks:
-                part, part_skipped = fn(part_ids, *args)
-                total = part if total is None else total + part
-                skipped += part_skipped
-                bar.update(len(part_ids))
-            return total, _in_order(skipped, ids)
-        # fork shares the parent's imports, so the pool starts in milliseconds.
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(fn, part_ids, *args): len(part_ids) for part_ids in chunks}
-            try:
-                for fut in as_completed(futures):
-                    part, part_skipped = fut.result()
-                    total = part if total is None else total + part
-                    skipped += part_skipped
-                    bar.update(futures[fut])
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    return total, _in_order(skipped, ids)
-
-
-def _in_order(skipped: list[tuple[str, str]], ids: Sequence[str]) -> list[tuple[str, str]]:
-    position = {image_id: i for i, image_id in enumerate(ids)}
-    return sorted(skipped, key=lambda item: position[item[0]])
 
 
 def _skip_report(skipped: list[tuple[str, str]], total: int) -> dict[str, Any]:
@@ -302,7 +226,7 @@ def evaluate_labels(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids:
     n = _check_names(class_names)
     _check_gt_dir(gt_dir)
     ids = [check_id(i) for i in ids]
-    conf, skipped = _map_sum(_label_chunk, ids,
+    conf, skipped = map_sum(_label_chunk, ids,
                              (str(pred_dir), str(gt_dir), n, ignore_index, skip_bad),
                              num_workers, "eval")
     report = _skip_report(skipped, len(ids)) if skip_bad else {}
@@ -332,7 +256,7 @@ def evaluate_cams(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: Se
     ids = [check_id(i) for i in ids]
     order = np.argsort(np.asarray(given, dtype=np.float32), kind="stable")
     sorted_t = np.asarray(given, dtype=np.float32)[order]
-    hist, skipped = _map_sum(_cam_chunk, ids,
+    hist, skipped = map_sum(_cam_chunk, ids,
                              (str(cam_dir), str(gt_dir), n, ignore_index, sorted_t, skip_bad),
                              num_workers, "eval seeds")
     report = _skip_report(skipped, len(ids)) if skip_bad else {}

@@ -23,11 +23,10 @@ Follows SEAM's ``infer_SEAM.py`` (the PLDA reference ships no inference script):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,31 +34,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plda.engine.memory import is_allocation_failure
+from plda.inference.runtime import (autocast, check_amp, eval_mode, input_stats, resize_image,
+                                    scaled_size, working_size)
 from plda.errors import ConfigError, DataError, PldaError
 from plda.methods.seam import max_norm
-from plda.models.fastpath import resolve_amp
 from plda.utils.dist import get_rank, get_world_size
 from plda.utils.io import check_id, clean_stale_temporaries, safe_join
 from plda.utils.progress import progress_bar
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
-AMP_MODES = ("none", "bf16", "fp16")
 LABEL_SOURCES = ("gt", "predicted")
 RESIZE_MODES = ("tensor", "reference")
 # Makes one scale's normalised input (1, 3, h, w) for a size (h, w).
 Scaler = Callable[[tuple[int, int]], Tensor]
-
-
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """``(round(H·s), round(W·s))`` with Python's ``round``, as SEAM's ``VOC12ClsDatasetMSF``."""
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def resize_image(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize normalised images ``(B, 3, H, W)`` to ``size`` (bilinear, antialiased)."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def reference_scaler(image: Any, transform: Callable[[Any], Tensor],
@@ -83,8 +70,6 @@ def _working_image(image: Any, max_side: int | None) -> Any:
     """``image`` (PIL), or a copy whose longer side is ``max_side`` when it is longer."""
     from PIL import Image
 
-    from plda.segmentation.inference import working_size
-
     size = working_size(image.height, image.width, max_side)
     if size == (image.height, image.width):
         return image
@@ -95,33 +80,6 @@ def normalize_cams(cams: Tensor) -> Tensor:
     """ReLU, then SEAM's per-class min–max normalisation of ``(B, C, H, W)`` maps (module doc);
     the same formula as SEAM training's ``max_norm``, which it reuses."""
     return max_norm(cams)
-
-
-def _check_amp(amp: str) -> None:
-    if amp not in AMP_MODES:
-        raise ConfigError(f"amp={amp!r}: expected one of {', '.join(AMP_MODES)}")
-
-
-def _autocast(device: torch.device, amp: str, setting: str = "amp"):
-    """Autocast for ``amp``; bf16 on a CPU without bf16 instructions runs fp32 (one warning).
-    One context around all of an image's passes: autocast then casts each weight once."""
-    _check_amp(amp)
-    amp = resolve_amp(amp, device, setting)
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def class_scores(output: Any) -> Tensor:
@@ -146,7 +104,7 @@ def _summed_cams(model: nn.Module, images: Tensor, scales: Sequence[float], flip
     ``scaled`` makes each scale's input (one image); ``None`` resizes ``images``."""
     if flip_batch is None:
         flip_batch = images.device.type != "cpu"
-    with _autocast(images.device, amp):
+    with autocast(images.device, amp):
         total, scores = _scale_loop(model, images, scales, flip, flip_batch, model_kwargs,
                                     classes, score_scale, scaled)
     if total is None:
@@ -211,7 +169,7 @@ def multiscale_cam_batch(model: nn.Module, images: Tensor, scales: Sequence[floa
         raise ConfigError(f"a per-scale input maker takes one image, got a batch of "
                           f"{images.shape[0]}")
     if labels is None:
-        with _eval_mode(model):
+        with eval_mode(model):
             total, _ = _summed_cams(model, images, scales, flip, amp, flip_batch, model_kwargs,
                                     scaled=scaled)
         return normalize_cams(total)
@@ -220,7 +178,7 @@ def multiscale_cam_batch(model: nn.Module, images: Tensor, scales: Sequence[floa
     out = images.new_zeros((images.shape[0], labels.shape[1], *images.shape[-2:]),
                            dtype=torch.float32)
     if len(present):
-        with _eval_mode(model):
+        with eval_mode(model):
             total, _ = _summed_cams(model, images, scales, flip, amp, flip_batch, model_kwargs,
                                     present, scaled=scaled)
         out[:, present] = normalize_cams(total * labels[:, present, None, None])
@@ -236,16 +194,6 @@ def multiscale_cam(model: nn.Module, image: Tensor, scales: Sequence[float] = DE
     return multiscale_cam_batch(model, image[None], scales, flip,
                                 None if labels is None else labels[None], amp=amp,
                                 flip_batch=flip_batch, scaled=scaled, **model_kwargs)[0]
-
-
-def _input_stats(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
-    """The normalisation the model's backbone expects (ImageNet statistics by default)."""
-    from plda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    for holder in (getattr(model, "backbone", None), model):
-        if holder is not None and hasattr(holder, "input_mean"):
-            return holder.input_mean, holder.input_std
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def _is_complete(path: Path, num_classes: int, image_size: tuple[int, int] | None = None) -> bool:
@@ -305,7 +253,7 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
 
     if label_source not in LABEL_SOURCES:
         raise ConfigError(f"label_source={label_source!r}: expected one of {', '.join(LABEL_SOURCES)}")
-    _check_amp(amp)
+    check_amp(amp)
     if resize not in RESIZE_MODES:
         raise ConfigError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
     scales = tuple(float(s) for s in scales)
@@ -328,7 +276,7 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_temporaries(out_dir, [f"{i}.npz" for i in ids])
-    transform = EvalTransform(*_input_stats(model))
+    transform = EvalTransform(*input_stats(model))
     # Predicted labels need the scale-1.0 logits: add that pass if 1.0 is not among the scales.
     extra_scale = label_source == "predicted" and 1.0 not in scales
 
@@ -349,7 +297,7 @@ def infer_cams(model: nn.Module, layout: Any, split: str | Sequence[str], out_di
             cams = multiscale_cam(model, x, scales, flip, labels, amp=amp, scaled=scaled,
                                   **model_kwargs)[present]
         else:
-            with _eval_mode(model):
+            with eval_mode(model):
                 total, scores = _summed_cams(model, x[None], scales, flip, amp, None,
                                              model_kwargs, score_scale=1.0, scaled=scaled)
                 if extra_scale:

@@ -18,10 +18,35 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from plda.data.camfile import CamFile
 from plda.errors import ConfigError, DataError
 from plda.utils.io import check_id, safe_join
 
 CRF_ALPHAS: dict[str, float] = {"la": 4.0, "ha": 24.0}
+
+
+def foreground(cams: np.ndarray, keys: np.ndarray, image_size: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The per-pixel maximum over the CAM planes and its class (uint8; 0 without planes).
+
+    Strict ``>`` keeps the earlier (lower-class) plane on ties, like ``np.argmax``. Works on any
+    ordered dtype, including the bit patterns of non-negative float16 values.
+    """
+    if len(keys) == 0:
+        return np.zeros(image_size, cams.dtype), np.zeros(image_size, np.uint8)
+    fg_max = cams[0].copy()
+    fg_label = np.full(image_size, keys[0], np.uint8)
+    for plane, key in zip(cams[1:], keys[1:]):
+        np.copyto(fg_label, np.uint8(key), where=plane > fg_max)
+        np.maximum(fg_max, plane, out=fg_max)
+    return fg_max, fg_label
+
+
+def seeds_from_cams(camfile: CamFile, threshold: float) -> np.ndarray:
+    """The seed label map ``(H, W) uint8``: the CAM argmax where it is strictly above
+    ``threshold``, background (0) elsewhere (ties go to background, as in SEAM)."""
+    fg_max, fg_label = foreground(camfile.cams, camfile.keys, camfile.image_size)
+    return np.where(fg_max > np.float32(threshold), fg_label, 0).astype(np.uint8)
 
 
 def crf_background(cams: np.ndarray, alpha: float) -> np.ndarray:
@@ -57,7 +82,6 @@ def load_image_for_cams(image_path: str | os.PathLike, cam_file: Any, cam_path: 
 def _seed_task(task: tuple) -> None:
     """Worker: read one CAM file (and image), write its seed PNG."""
     from plda.data.camfile import load_cams
-    from plda.evaluation.evaluate import seeds_from_cams
     from plda.vis.palette import save_label_png
 
     cam_path, out_path, threshold, alpha, image_path = task

@@ -72,9 +72,9 @@ def cam_histogram(cam_dir: str | os.PathLike, ids: Sequence[str], *, bins: int =
                   num_workers: int | None = None) -> np.ndarray:
     """Counts of the per-pixel highest CAM value ``m`` in ``bins`` equal bins over [0, 1],
     pooled over the CAM files ``cam_dir/<id>.npz`` (one pass, in worker processes)."""
-    from plda.evaluation.evaluate import _map_sum
+    from plda.utils.parallel import map_sum
 
-    hist, _ = _map_sum(_histogram_chunk, list(ids), (str(cam_dir), int(bins)), num_workers,
+    hist, _ = map_sum(_histogram_chunk, list(ids), (str(cam_dir), int(bins)), num_workers,
                        "threshold histogram")
     return hist
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from plda.config.schema import RunConfig
-from plda.pipeline.common import load_layout, load_stage1_model, run_dir, update_metrics
+from plda.runfolder import load_layout
+from plda.pipeline.common import load_stage1_model
+from plda.runfolder import run_dir, update_metrics
 from plda.utils.dist import is_main_process
 
 
@@ -25,7 +27,8 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
     files share ids such as ``2007_000032`` but not the images."""
     from dataclasses import asdict
 
-    from plda.pipeline.common import STAGE1_WEIGHTS, file_sha256, stored_path
+    from plda.pipeline.common import file_sha256
+    from plda.runfolder import STAGE1_WEIGHTS, stored_path
 
     path = Path(weights) if weights else run_dir(cfg) / STAGE1_WEIGHTS
     return {"weights": stored_path(cfg, path), "sha256": file_sha256(path),

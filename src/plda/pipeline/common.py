@@ -1,86 +1,18 @@
-"""Pieces shared by the pipeline steps: the run folder, the dataset, the stage-1 model."""
+"""Pieces shared by the pipeline steps: the data check, the stage-1 model, training on masks
+and the bookkeeping of outputs made from weights (the run folder itself: ``plda.runfolder``;
+the dataset: ``plda.data.root``)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
-from plda.config.loader import save_config, to_dict
+from plda.config.loader import to_dict
 from plda.config.schema import RunConfig
-from plda.errors import ConfigError, DataError
+from plda.runfolder import load_layout
+from plda.errors import ConfigError
+from plda.runfolder import STAGE1_WEIGHTS, run_dir
 from plda.utils.dist import is_main_process
-
-STAGE1_WEIGHTS = "stage1.safetensors"
-
-
-def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.run_dir)
-
-
-def write_run_config(cfg: RunConfig) -> Path:
-    """Write the resolved config to ``<run_dir>/config.yaml`` (rank 0), with ``run_dir: .``:
-    paths stored in a run folder are relative to it, so a copy is a run of its own and a moved
-    run stays current (``plda.config.load_run_folder_config`` reads it back)."""
-    from dataclasses import replace
-
-    from plda.config import HERE
-
-    path = run_dir(cfg) / "config.yaml"
-    if is_main_process():
-        save_config(replace(cfg, run_dir=HERE), path)
-    return path
-
-
-def stored_path(cfg: RunConfig, path: str | Path) -> str:
-    """``path`` as recorded inside the run folder: relative to it when it lies inside (so the
-    record survives a copy or a move of the folder), else absolute."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(run_dir(cfg).resolve()).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def dataset_root(cfg: RunConfig, generate: bool = True) -> Path:
-    """The dataset folder. ``data.root == "synth"`` means the built-in synthetic dataset in
-    ``<run_dir>/data``, generated (rank 0) unless an identical one is already there."""
-    if cfg.data.root != "synth":
-        root = Path(cfg.data.root).expanduser()
-        if not root.is_dir():
-            raise DataError(f"data.root {str(root)!r} is not a folder; expected a dataset in VOC "
-                            "layout (JPEGImages/, ImageSets/Segmentation/) or 'synth' (make one "
-                            "from tagged photos with 'plda prepare folder PHOTOS --tags tags.csv "
-                            f"--out {root}')")
-        return root
-    root = run_dir(cfg) / "data"
-    if generate and is_main_process() and not _synth_is_current(root, cfg):
-        from plda.data.synth import generate_synthetic
-
-        generate_synthetic(root, **asdict(cfg.data.synth))
-    if generate:
-        from plda.engine.distributed import barrier
-
-        barrier()
-    return root
-
-
-def _synth_is_current(root: Path, cfg: RunConfig) -> bool:
-    meta = root / "synth.json"
-    if not (meta.is_file() and (root / "ImageSets/Segmentation/val.txt").is_file()
-            and (root / "image_labels.json").is_file()):
-        return False
-    try:
-        saved = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return all(saved.get(k) == v for k, v in asdict(cfg.data.synth).items())
-
-
-def load_layout(cfg: RunConfig, generate: bool = True):
-    from plda.data.layout import DatasetLayout
-
-    return DatasetLayout(dataset_root(cfg, generate=generate))
 
 
 def verify_data(cfg: RunConfig, layout) -> dict:
@@ -191,23 +123,6 @@ def train_on_masks(cfg: RunConfig, model, net, opts, mask_dir: Path, out: Path,
                       if isinstance(v, (int, float))}}
 
 
-def update_metrics(cfg: RunConfig, section: str, values: dict) -> dict:
-    """Merge ``values`` under ``section`` of ``<run_dir>/metrics.json`` (rank 0, atomic)."""
-    from plda.utils.io import atomic_write_json
-
-    path = run_dir(cfg) / "metrics.json"
-    data = {}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}
-    data[section] = values
-    if is_main_process():
-        atomic_write_json(path, data)
-    return data
-
-
 def file_sha256(path: str | Path) -> str | None:
     """Hex SHA-256 of a file's bytes (``None`` when there is no such file): outputs record
     the digest of the weights they came from, so retrained weights make them stale."""
@@ -244,6 +159,5 @@ def drop_stale_outputs(folder: Path, source: dict, pattern: str,
     return False
 
 
-__all__ = ["STAGE1_WEIGHTS", "build_stage1_model", "verify_data", "dataset_root", "drop_stale_outputs",
-           "file_sha256", "load_layout", "load_stage1_model", "run_dir", "stored_path", "to_dict",
-           "train_on_masks", "update_metrics", "write_run_config"]
+__all__ = ["build_stage1_model", "drop_stale_outputs", "file_sha256", "load_stage1_model",
+           "train_on_masks", "verify_data"]

@@ -27,7 +27,7 @@ import torch
 
 from plda.config.schema import RunConfig
 from plda.errors import DataError
-from plda.pipeline.common import load_layout, run_dir, update_metrics
+from plda.runfolder import load_layout, run_dir, update_metrics
 from plda.utils.dist import is_main_process
 from plda.utils.io import safe_join
 
@@ -62,7 +62,7 @@ def _pending(cfg: RunConfig, split: str, ids: list[str], out: Path
 def _relation_task(task: tuple) -> None:
     from plda.data.camfile import load_cams
     from plda.inference.seeds import load_image_for_cams
-    from plda.inference.cams import scaled_size
+    from plda.inference.runtime import scaled_size
     from plda.refinement.relations import relation_labels
     from plda.vis.palette import save_label_png
 
@@ -203,7 +203,7 @@ def irn_boundary(cfg: RunConfig, net, image):
     at ``refine.irn.image_scale`` (a smaller grid; the walked mask keeps the CAMs' size)."""
     import torch.nn.functional as F
 
-    from plda.inference.cams import scaled_size
+    from plda.inference.runtime import scaled_size
     from plda.refinement.irn import boundary_map
 
     scale = cfg.refine.irn.image_scale

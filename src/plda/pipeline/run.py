@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError
-from plda.pipeline.common import STAGE1_WEIGHTS, run_dir, update_metrics
+from plda.runfolder import STAGE1_WEIGHTS, run_dir, tuning_text, update_metrics
 from plda.utils.dist import is_main_process
 
 STAGES = ("data", "train", "cam", "seeds", "refine", "seg_train", "seg_eval", "report")
@@ -243,7 +243,8 @@ def _outputs_present(cfg: RunConfig, stage: str) -> bool:
 # ---------------------------------------------------------------------------------- stages
 
 def _run_data(cfg: RunConfig, dist) -> None:
-    from plda.pipeline.common import load_layout, verify_data
+    from plda.runfolder import load_layout
+    from plda.pipeline.common import verify_data
 
     layout = load_layout(cfg)
     for split in {cfg.data.train_split, *cfg.data.eval_splits}:
@@ -371,7 +372,7 @@ def run_pipeline(cfg: RunConfig, *, start: str | None = None, until: str | None 
 def _run_pipeline(cfg: RunConfig, *, start: str | None, until: str | None,
                   log: Callable[[str], None] | None) -> dict:
     from plda.engine.distributed import barrier, broadcast_object, init_distributed
-    from plda.pipeline.common import write_run_config
+    from plda.runfolder import write_run_config
 
     dist = init_distributed()
     out = run_dir(cfg)
@@ -418,27 +419,6 @@ def _run_pipeline(cfg: RunConfig, *, start: str | None, until: str | None,
         barrier()
     path = out / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def tuning_text(seeds: dict) -> str:
-    """How the seeds' background threshold was chosen, in words (``metrics.json`` seeds)."""
-    tuning = seeds.get("tuning") if isinstance(seeds.get("tuning"), dict) else None
-    sweep = seeds.get("sweep") if isinstance(seeds.get("sweep"), dict) else None
-    if tuning is None:  # runs recorded before the tuning record existed
-        return f"the best of the sweep on {sweep['split']}" if sweep else "set"
-    how = tuning.get("how")
-    if how == "set":
-        return "set by cam.bg_threshold"
-    if how == "label-free":
-        return (f"chosen without labels: rule {tuning.get('rule')} on the CAMs of "
-                f"{tuning.get('split')}, no masks to tune on")
-    if how == "held-out sweep":
-        return (f"the best of the sweep on {tuning.get('images')} masked images of "
-                f"{tuning.get('split')}; that split is scored on its other "
-                f"{len(tuning.get('scored_ids') or [])} masked images")
-    images, total = tuning.get("images"), tuning.get("images_in_split")
-    masks = "" if images == total else f", the {images} of {total} images with masks"
-    return f"the best of the sweep on {tuning.get('split')}{masks}"
 
 
 def _record_timing(cfg: RunConfig, stage: str, seconds: float) -> None:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError, DataError
-from plda.pipeline.common import (drop_stale_outputs, file_sha256, load_layout, run_dir,
-                                  update_metrics)
+from plda.runfolder import load_layout
+from plda.pipeline.common import drop_stale_outputs, file_sha256
+from plda.runfolder import run_dir, update_metrics
 from plda.utils.dist import is_main_process
 
 SEG_OUT_DIR = "seg"
@@ -50,7 +51,7 @@ def seg_weights_path(cfg: RunConfig, weights=None) -> Path:
 
 def _source(cfg: RunConfig, weights: Path) -> dict:
     """What a split's label maps depend on; maps made from anything else are stale."""
-    from plda.pipeline.common import stored_path
+    from plda.runfolder import stored_path
 
     return {"weights": stored_path(cfg, weights), "sha256": file_sha256(weights),
             "scales": list(cfg.seg.scales), "flip": cfg.seg.eval_flip, "crf": cfg.seg.crf,

@@ -208,7 +208,7 @@ def _metric_table(run: RunData) -> str:
         detail = ""
         if isinstance(data, dict):
             if section == "seeds" and isinstance(data.get("bg_threshold"), (int, float)):
-                from plda.pipeline.run import tuning_text
+                from plda.runfolder import tuning_text
 
                 detail = (f"background threshold {data['bg_threshold']:.2f}: "
                           f"{tuning_text(data)}")
@@ -365,7 +365,7 @@ def _threshold_curve(run: RunData) -> str:
                 'scores yet: the background-threshold sweep runs in the seeds stage.</p></section>')
     sweep = seeds.get("sweep")
     chosen = seeds.get("bg_threshold")
-    from plda.pipeline.run import tuning_text
+    from plda.runfolder import tuning_text
 
     how = tuning_text(seeds)
     if not isinstance(sweep, dict) or not isinstance(sweep.get("curve"), list):

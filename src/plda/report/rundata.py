@@ -187,7 +187,7 @@ def load_run(run_dir: str | Path) -> RunData:
     else:
         data.notes.append("metrics.json is missing: no stage has recorded scores yet")
     if data.config is not None:
-        from plda.pipeline.common import load_layout
+        from plda.runfolder import load_layout
 
         try:
             data.layout = load_layout(data.config, generate=False)

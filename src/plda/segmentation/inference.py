@@ -2,7 +2,7 @@
 
 The protocol is the usual DeepLab evaluation of WSSS papers (SEAM and PLDA evaluate their
 DeepLab with scales 0.5…1.75 and flips): for each scale the normalised image is resized
-(bilinear, antialiased when shrinking — :func:`plda.inference.cams.resize_image`, the CAM
+(bilinear, antialiased when shrinking — :func:`plda.inference.runtime.resize_image`, the CAM
 stage's resize, so both stages see the same pixels), the image and its mirror go through the
 network as one batch, the head-stride logits are upsampled bilinearly straight to the image size,
 turned into probabilities, the mirror's flipped back, and every scale × flip is averaged.
@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plda.errors import ConfigError, DataError
+from plda.inference.runtime import (autocast, eval_mode, input_stats, resize_image, scaled_size,
+                                    working_size)
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 # deeplab-pytorch configs/voc12.yaml CRF section, in plda.refinement.crf.dense_crf's names.
@@ -73,9 +75,8 @@ def net_device(net: nn.Module) -> torch.device:
 def _normalised(net: nn.Module, images: Sequence[np.ndarray], device: torch.device) -> Tensor:
     """``(B, 3, H, W)`` float32 batch normalised with the net's own statistics."""
     from plda.data.transforms import normalize, to_chw_tensor
-    from plda.inference.cams import _input_stats
 
-    mean, std = _input_stats(net)
+    mean, std = input_stats(net)
     return torch.stack([to_chw_tensor(normalize(a, mean, std)) for a in images]).to(device)
 
 
@@ -91,17 +92,16 @@ def multiscale_probs_batch(net: nn.Module, images: Tensor, scales: Sequence[floa
     """Averaged class probabilities ``(B, K, H, W) float32`` of same-size *normalised* images
     ``(B, 3, H, W)`` already on the net's device (see the module docstring). No gradients; the
     net runs in eval mode and gets its previous mode back."""
-    from plda.inference.cams import _autocast, _eval_mode, resize_image, scaled_size
 
     scales = _check_scales(scales)
     n, _, height, width = images.shape
     total: Tensor | None = None
-    with _eval_mode(net):
+    with eval_mode(net):
         for scale in scales:
             x = resize_image(images, scaled_size(height, width, scale))
             if flip:
                 x = torch.cat([x, x.flip(-1)])
-            with _autocast(images.device, amp):
+            with autocast(images.device, amp):
                 logits = net(x)
             logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear",
                                    align_corners=False)
@@ -149,15 +149,6 @@ def predict_labels(net: nn.Module, image: Any, scales: Sequence[float] = DEFAULT
     rgb = to_rgb_array(image)
     probs = multiscale_probs(net, rgb, scales, flip, amp, device)
     return labels_from_probs(probs, rgb, crf, crf_params)
-
-
-def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
-    """The size an image is processed at: itself, or scaled so its longer side is
-    ``max_side`` (aspect kept) when it is longer than that."""
-    if max_side is None or max(height, width) <= max_side:
-        return height, width
-    f = max_side / max(height, width)
-    return max(1, round(height * f)), max(1, round(width * f))
 
 
 def upsampled_argmax(probs: Tensor, size: tuple[int, int], band: int = 256) -> np.ndarray:

@@ -81,23 +81,12 @@ def _mismatch_text(m: tuple[str, tuple[int, ...], tuple[int, ...]]) -> str:
     return f"{m[0]} ({resnet38_name_map(m[0])}): file {m[1]} vs model {m[2]}"
 
 
-def resnet38_state_shapes() -> dict[str, tuple[tuple[int, ...], "object"]]:
-    """``{key: (shape, dtype)}`` of a freshly built :class:`ResNet38` state dict.
-
-    Built on the ``meta`` device: only shapes are needed, not 105 M initialised parameters.
-    """
-    import torch
-
-    from plda.models.backbones.resnet38 import ResNet38
-
-    with torch.device("meta"):
-        model = ResNet38()
-    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-
-
 def convert_resnet38(params_path: str | os.PathLike, out_path: str | os.PathLike,
+                     expected: dict[str, tuple[tuple[int, ...], object]],
                      fmt: str | None = None, allow_missing: bool = False) -> ConvertReport:
-    """Rename, shape-check and save the MXNet ImageNet ResNet-38 weights for :class:`ResNet38`.
+    """Rename, shape-check and save the MXNet ImageNet ResNet-38 weights for a model whose state
+    dict has the keys, shapes and dtypes of ``expected`` (``{key: (shape, dtype)}``: for
+    ResNet-38, :func:`plda.models.backbones.resnet38.convert_imagenet_params` gives them).
 
     ``fmt`` is ``"safetensors"`` or ``"pth"`` (default: from ``out_path``'s suffix). Refuses to
     write (``WeightsError``) on any shape mismatch, on two file names mapping to one key, and,
@@ -109,7 +98,6 @@ def convert_resnet38(params_path: str | os.PathLike, out_path: str | os.PathLike
 
     out_path = Path(out_path)
     fmt = save_format(out_path, fmt)
-    expected = resnet38_state_shapes()
     report = ConvertReport()
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plda.errors import ConfigError
 from plda.models.backbones.base import Backbone
 from plda.models.joint_conv import joint_conv2d
+from plda.weights.convert import ConvertReport, convert_resnet38, resnet38_name_map
+from plda.weights.mxnet import strip_name
 
 
 class ResBlock(nn.Module):
@@ -169,7 +172,21 @@ def convert_mxnet_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     stripped; names already in our form and unknown names pass through unchanged, so the check
     in ``load_checked`` reports the latter (and drops ``linear1000``).
     """
-    from plda.weights.convert import resnet38_name_map  # that module imports this one
-    from plda.weights.mxnet import strip_name
-
     return {resnet38_name_map(k) or strip_name(k): v for k, v in state.items()}
+
+
+def state_shapes() -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{key: (shape, dtype)}`` of a freshly built :class:`ResNet38` state dict, built on the
+    ``meta`` device: only shapes are needed, not 105 M initialised parameters."""
+    with torch.device("meta"):
+        model = ResNet38()
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def convert_imagenet_params(params_path, out_path, fmt: str | None = None,
+                            allow_missing: bool = False) -> ConvertReport:
+    """The MXNet ImageNet weights (``ilsvrc-cls_rna-a1_cls1000_ep-0001.params``) renamed,
+    shape-checked against :class:`ResNet38` and saved (:func:`plda.weights.convert.
+    convert_resnet38`)."""
+    return convert_resnet38(params_path, out_path, state_shapes(), fmt=fmt,
+                            allow_missing=allow_missing)
