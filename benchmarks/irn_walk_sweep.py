@@ -58,11 +58,11 @@ def main(argv=None) -> int:
     from plda.config import load_run_folder_config
     from plda.data.camfile import load_cams
     from plda.data.transforms import EvalTransform
-    from plda.inference.seeds import seeds_from_cams
     from plda.evaluation.metrics import confusion_matrix
-    from plda.runfolder import load_layout, run_dir
+    from plda.inference.seeds import seeds_from_cams
     from plda.pipeline.refine import (background_threshold, irn_boundary, irn_thresholds,
                                       load_boundary_net)
+    from plda.runfolder import load_layout, run_dir
     from plda.refinement.irn import irn_walk_scores, label_walked
     from plda.utils.progress import progress
     from plda.vis.palette import load_label_png

@@ -116,8 +116,8 @@ def job_overrides(arm: str, method: str, seed: int, args) -> tuple[str, list[str
 
 def _stage1(run: Path):
     from plda.config import load_run_folder_config
-    from plda.runfolder import load_layout
     from plda.pipeline.common import load_stage1_model
+    from plda.runfolder import load_layout
 
     cfg = load_run_folder_config(run)
     layout = load_layout(cfg, generate=False)
@@ -266,14 +266,12 @@ def keep_result(run: Path, keep: Path | None, out: Path) -> None:
     ``keep`` (the repository's results folder): what re-scoring and the summary need."""
     if keep is None:
         return
-    import shutil
+    from plda.utils.io import atomic_write_bytes
 
     target = keep / run.relative_to(out)
-    target.mkdir(parents=True, exist_ok=True)
     for name in (RESULT, SEED_MAPS):
         if (run / name).is_file():
-            shutil.copyfile(run / name, target / f".{name}.tmp")
-            os.replace(target / f".{name}.tmp", target / name)
+            atomic_write_bytes(target / name, (run / name).read_bytes())
 
 
 def run_chain(method: str, seed: int, args) -> dict:

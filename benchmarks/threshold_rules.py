@@ -37,8 +37,8 @@ def run_one(preset: str, seed: int, out: Path, results: Path) -> dict:
     from plda.config import load_run_config
     from plda.evaluation.evaluate import evaluate_cams
     from plda.inference.thresholds import all_rule_thresholds, cam_histogram
-    from plda.runfolder import load_layout
     from plda.pipeline.run import run_pipeline
+    from plda.runfolder import load_layout
     from plda.utils.provenance import git_commit
 
     target = results / f"{preset}_seed{seed}.json"

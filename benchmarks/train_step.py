@@ -108,12 +108,11 @@ def worker(args) -> dict:
     batch = {"image": image, "label": label}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times, losses_seen = [], []
-    for step in range(total):
-        _sync(device)
-        t0 = time.perf_counter()
+
+    def train_step(progress: float, schedule: bool = True):
+        """One step as the trainer runs it; the loss. ``schedule=False`` leaves the LR as is."""
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            losses = model(batch, progress=step / total)
+            losses = model(batch, progress=progress)
         loss = losses["loss"].float()
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if not in_backward:
@@ -122,20 +121,30 @@ def worker(args) -> dict:
                 scaler.update()
             else:
                 opt.step()
-        sched.step()
+        if schedule:
+            sched.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
+        return loss
+
+    times, losses_seen = [], []
+    for step in range(total):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = train_step(step / total)
         times.append(time.perf_counter() - t0)
         losses_seen.append(float(loss))
         if not torch.isfinite(loss):
             raise SystemExit(f"non-finite loss at step {step}: {float(loss)}")
     measured = times[args.warmup:]
-    top_ops = _profile(model, batch, dtype, device, opt, in_backward) if args.profile else None
+    # One more step, profiled; the schedule has run its course, so the LR stays.
+    top_ops = _profile(lambda: train_step(0.5, schedule=False), device) if args.profile else None
     with torch.no_grad():
         grid = list(model.backbone(image[:1])[model.backbone.final_level].shape[-2:])
     return {
         "output_stride": args.output_stride, "cam_grid": [int(n) for n in grid],
-        "top_ops": top_ops, "code": "ours", "backbone": args.backbone, "method": args.method, "batch": args.batch,
+        "top_ops": top_ops, "code": "ours", "backbone": args.backbone, "method": args.method,
+        "batch": args.batch,
         "crop": args.crop, "amp": args.amp, "amp_run": amp_run, "conv_path": args.conv_path,
         "channels_last": channels_last, "threads": args.threads, "device": args.device,
         "step_in_backward": in_backward, "seconds_per_step": statistics.median(measured),
@@ -144,21 +153,15 @@ def worker(args) -> dict:
     }
 
 
-def _profile(model, batch, dtype, device, opt, in_backward, top: int = 12) -> list[dict]:
-    """The ``top`` operators of one training step by self CPU time (ms and % of the step)."""
-    import torch
+def _profile(step, device, top: int = 12) -> list[dict]:
+    """The ``top`` operators of one training step (``step()``) by self CPU time (ms and % of
+    the step)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
     with profile(activities=activities) as prof:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            losses = model(batch, progress=0.5)
-        losses["loss"].float().backward()
-        if not in_backward:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
+        step()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     events = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]

@@ -131,7 +131,7 @@ def test_weight_gradient_path_is_measured_once_per_shape_and_cached(monkeypatch,
 
     choices = json.loads((tmp_path / "paths.json").read_text())["choices"]
     [(key, choice)] = [(k, v) for k, v in choices.items() if k.startswith("dwgrad|")]
-    assert "2x8x12x12" in key and "|k5x5|d2x2|" in key and choice in layers.WEIGHT_GRAD_PATHS
+    assert "2x8x12x12" in key and "|k5x5|d2x2|" in key and choice in layers.PATHS
     # the forward and the flipped-kernel input gradient (same padding here): one measured key
     assert [k for k in choices if k.startswith("dwfwd|")] == [key.replace("dwgrad", "dwfwd")]
     # measured once: a second pass adds nothing to the cache

@@ -239,9 +239,9 @@ def test_irn_thresholds_follow_the_chosen_seed_threshold(tmp_path):
     the linear rule scales all three by the run's chosen threshold / 0.15 (capped at 0.95);
     otherwise they are the configured values. The relation labels use them."""
     from plda.errors import DataError
-    from plda.runfolder import update_metrics
     from plda.pipeline.refine import irn_thresholds
     from plda.refinement.relations import relation_labels
+    from plda.runfolder import update_metrics
 
     run = tmp_path / "run"
     fixed = load_run_config("synth_cam", [f"run_dir={run}"])
@@ -271,9 +271,9 @@ def test_irn_power_rule_equals_irn_values_on_rescaled_cams(tmp_path):
     that sends the seed threshold t onto 0.15. At t = 0.15 the values are IRN's; a threshold
     outside (0, 1) is refused by name."""
     from plda.errors import DataError
-    from plda.runfolder import update_metrics
     from plda.pipeline.refine import irn_thresholds
     from plda.refinement.relations import relation_labels
+    from plda.runfolder import update_metrics
 
     run = tmp_path / "run"
     run.mkdir()

@@ -25,12 +25,10 @@ import numpy as np
 from plda.data.camfile import load_cams
 from plda.errors import ConfigError, DataError
 from plda.evaluation.metrics import VOC_CLASSES, confusion_matrix, scores
-from plda.utils.io import check_id, safe_join
 from plda.inference.seeds import foreground
+from plda.utils.io import check_id, safe_join
 from plda.utils.parallel import map_sum
 from plda.vis.palette import load_label_png
-
-# Below this many images a worker pool costs more to start than it saves.
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -227,8 +225,8 @@ def evaluate_labels(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids:
     _check_gt_dir(gt_dir)
     ids = [check_id(i) for i in ids]
     conf, skipped = map_sum(_label_chunk, ids,
-                             (str(pred_dir), str(gt_dir), n, ignore_index, skip_bad),
-                             num_workers, "eval")
+                            (str(pred_dir), str(gt_dir), n, ignore_index, skip_bad),
+                            num_workers, "eval")
     report = _skip_report(skipped, len(ids)) if skip_bad else {}
     return {**scores(conf, class_names), "images": len(ids) - len(skipped), **report}
 
@@ -257,8 +255,8 @@ def evaluate_cams(cam_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: Se
     order = np.argsort(np.asarray(given, dtype=np.float32), kind="stable")
     sorted_t = np.asarray(given, dtype=np.float32)[order]
     hist, skipped = map_sum(_cam_chunk, ids,
-                             (str(cam_dir), str(gt_dir), n, ignore_index, sorted_t, skip_bad),
-                             num_workers, "eval seeds")
+                            (str(cam_dir), str(gt_dir), n, ignore_index, sorted_t, skip_bad),
+                            num_workers, "eval seeds")
     report = _skip_report(skipped, len(ids)) if skip_bad else {}
     confs = sweep_confusions(hist)
     results: list[dict[str, Any] | None] = [None] * len(given)

@@ -75,7 +75,7 @@ def cam_histogram(cam_dir: str | os.PathLike, ids: Sequence[str], *, bins: int =
     from plda.utils.parallel import map_sum
 
     hist, _ = map_sum(_histogram_chunk, list(ids), (str(cam_dir), int(bins)), num_workers,
-                       "threshold histogram")
+                      "threshold histogram")
     return hist
 
 

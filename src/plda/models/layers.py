@@ -42,7 +42,7 @@ FAST_DILATED_DEPTHWISE = os.environ.get("PLDA_FAST_DILATED_DEPTHWISE", "1") != "
 NATIVE_MAX_PADDING = 4
 # The paths of the weight gradient and of the forward (and input gradient): auto (measured per
 # layer shape), native or subgrid; the forward also takes "padding" (NATIVE_MAX_PADDING's rule).
-PATHS = WEIGHT_GRAD_PATHS = ("native", "subgrid")
+PATHS = ("native", "subgrid")
 DILATED_WEIGHT_GRAD = os.environ.get("PLDA_DILATED_WEIGHT_GRAD", "auto").strip().lower()
 DILATED_FORWARD = os.environ.get("PLDA_DILATED_FORWARD", "auto").strip().lower()
 

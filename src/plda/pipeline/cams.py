@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from plda.config.schema import RunConfig
-from plda.runfolder import load_layout
 from plda.pipeline.common import load_stage1_model
-from plda.runfolder import run_dir, update_metrics
+from plda.runfolder import load_layout, run_dir, update_metrics
 from plda.utils.dist import is_main_process
 
 

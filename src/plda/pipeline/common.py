@@ -1,6 +1,6 @@
 """Pieces shared by the pipeline steps: the data check, the stage-1 model, training on masks
-and the bookkeeping of outputs made from weights (the run folder itself: ``plda.runfolder``;
-the dataset: ``plda.data.root``)."""
+and the bookkeeping of outputs made from weights (the run folder and its dataset:
+``plda.runfolder``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 from plda.config.loader import to_dict
 from plda.config.schema import RunConfig
-from plda.runfolder import load_layout
 from plda.errors import ConfigError
-from plda.runfolder import STAGE1_WEIGHTS, run_dir
+from plda.runfolder import STAGE1_WEIGHTS, load_layout, run_dir
 from plda.utils.dist import is_main_process
 
 

@@ -243,8 +243,8 @@ def _outputs_present(cfg: RunConfig, stage: str) -> bool:
 # ---------------------------------------------------------------------------------- stages
 
 def _run_data(cfg: RunConfig, dist) -> None:
-    from plda.runfolder import load_layout
     from plda.pipeline.common import verify_data
+    from plda.runfolder import load_layout
 
     layout = load_layout(cfg)
     for split in {cfg.data.train_split, *cfg.data.eval_splits}:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError, DataError
-from plda.runfolder import load_layout
 from plda.pipeline.common import train_on_masks
-from plda.runfolder import run_dir, stored_path, update_metrics, write_run_config
+from plda.runfolder import load_layout, run_dir, stored_path, update_metrics, write_run_config
 from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS
 from plda.utils.dist import is_main_process
 

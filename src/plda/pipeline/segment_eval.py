@@ -21,9 +21,8 @@ from pathlib import Path
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError, DataError
-from plda.runfolder import load_layout
 from plda.pipeline.common import drop_stale_outputs, file_sha256
-from plda.runfolder import run_dir, update_metrics
+from plda.runfolder import load_layout, run_dir, update_metrics
 from plda.utils.dist import is_main_process
 
 SEG_OUT_DIR = "seg"

@@ -8,9 +8,8 @@ import numpy as np
 
 from plda.config.loader import to_dict
 from plda.config.schema import RunConfig
-from plda.runfolder import load_layout
 from plda.pipeline.common import build_stage1_model, verify_data
-from plda.runfolder import STAGE1_WEIGHTS, run_dir, update_metrics, write_run_config
+from plda.runfolder import STAGE1_WEIGHTS, load_layout, run_dir, update_metrics, write_run_config
 from plda.utils.dist import is_main_process
 
 

@@ -24,7 +24,7 @@ def default_workers() -> int:
 
 
 def map_sum(fn: Callable[..., tuple[np.ndarray, list]], ids: Sequence[str], args: tuple,
-             num_workers: int | None, desc: str) -> tuple[np.ndarray, list[tuple[str, str]]]:
+            num_workers: int | None, desc: str) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Run ``fn(chunk, *args)`` over chunks of ``ids`` in worker processes; sum the arrays and
     gather the skipped ``(id, reason)`` pairs, in the order of ``ids``."""
     ids = list(ids)
