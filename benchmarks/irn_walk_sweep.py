@@ -60,12 +60,12 @@ def main(argv=None) -> int:
     from plda.data.transforms import EvalTransform
     from plda.evaluation.metrics import confusion_matrix
     from plda.inference.seeds import seeds_from_cams
-    from plda.pipeline.refine import (background_threshold, irn_boundary, irn_thresholds,
-                                      load_boundary_net)
+    from plda.refinement.irn import irn_boundary, irn_thresholds, load_boundary_net
+    from plda.runfolder import background_threshold
     from plda.runfolder import load_layout, run_dir
     from plda.refinement.irn import irn_walk_scores, label_walked
     from plda.utils.progress import progress
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -34,7 +34,7 @@ def build_photos(sample: Path, out: Path, n_train: int, n_val: int, n_new: int) 
     import numpy as np
 
     from plda.data.layout import DatasetLayout
-    from plda.vis.palette import save_label_png
+    from plda.data.labels import save_label_png
 
     layout = DatasetLayout(sample)
     wanted = set(CLASSES)

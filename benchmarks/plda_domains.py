@@ -102,7 +102,7 @@ def run_domains(run: Path, images: int, long_side: int, tau: float | None,
 
     from plda.config import load_run_folder_config
     from plda.data.transforms import EvalTransform
-    from plda.pipeline.common import load_stage1_model
+    from plda.methods.build import load_stage1_model
     from plda.runfolder import load_layout
 
     cfg = load_run_folder_config(run)

@@ -116,7 +116,7 @@ def job_overrides(arm: str, method: str, seed: int, args) -> tuple[str, list[str
 
 def _stage1(run: Path):
     from plda.config import load_run_folder_config
-    from plda.pipeline.common import load_stage1_model
+    from plda.methods.build import load_stage1_model
     from plda.runfolder import load_layout
 
     cfg = load_run_folder_config(run)
@@ -140,7 +140,7 @@ def save_seed_maps(run: Path, split: str = "val") -> Path:
     import numpy as np
 
     from plda.utils.io import atomic_save_npz
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     folder = run / "seeds" / split
     files = sorted(folder.glob("*.png"))
@@ -160,7 +160,7 @@ def rescore_seed_maps(npz: Path, data: Path, split: str = "val") -> dict:
 
     from plda.data.layout import DatasetLayout
     from plda.evaluation.metrics import confusion_matrix, scores
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     voc12subset, _ = _benchmarks()
     layout = DatasetLayout(data)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from plda.cli.main import main
 from plda.errors import ConfigError, DataError, PldaError, WeightsError
-from plda.vis.palette import save_label_png
+from plda.data.labels import save_label_png
 
 CLASSES = ("a", "b", "c")
 IDS = ("img0", "img1", "img2", "img3")
@@ -527,7 +527,7 @@ API_CASES = [
          _write_evil_checkpoint(ds)), WeightsError, ("step_00000001.pt", "refused"), None),
     ("stage1-malicious-checkpoint",
      lambda ds: (_write_evil_checkpoint(ds),
-                 __import__("plda.pipeline.common", fromlist=["x"]).load_stage1_model(
+                 __import__("plda.methods.build", fromlist=["x"]).load_stage1_model(
                      _run_config(ds), 3)),
      WeightsError, ("step_00000001.pt", "refused"), None),
 ]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from plda.errors import PldaError
-from plda.refinement.crf import crf_labels, dense_crf, map_in_workers
+from plda.inference.crf import crf_labels, dense_crf
+from plda.utils.parallel import map_in_workers
 
 
 def _two_colour_image(height: int = 24, width: int = 48, edge: int = 24, seed: int = 0) -> np.ndarray:

@@ -13,7 +13,7 @@ from plda.cli.main import main
 from plda.data.check import CHECK_FILE, check_dataset
 from plda.data.layout import DatasetLayout
 from plda.errors import DataError
-from plda.vis.palette import save_label_png
+from plda.data.labels import save_label_png
 
 from test_bad_input import IDS, make_dataset
 

@@ -14,7 +14,7 @@ from plda.errors import ConfigError, DataError
 from plda.evaluation.evaluate import (evaluate_cams, evaluate_labels, find_ids, read_class_names,
                                       read_id_list)
 from plda.evaluation.metrics import VOC_CLASSES
-from plda.vis.palette import load_label_png, save_label_png
+from plda.data.labels import load_label_png, save_label_png
 
 
 def run_cli(*argv: str) -> int:

@@ -29,7 +29,7 @@ from PIL import Image
 from plda.data.camfile import load_cams
 from plda.engine.checkpoint import list_checkpoints, load_checkpoint
 from plda.errors import PldaError
-from plda.vis.palette import save_label_png
+from plda.data.labels import save_label_png
 from plda.weights.io import load_state_dict_file
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -24,7 +24,7 @@ METHODS = ("cam", "cam_plda", "seam", "seam_plda")
 
 
 def _grid(cfg) -> list[int]:
-    from plda.pipeline.common import build_stage1_model
+    from plda.methods.build import build_stage1_model
 
     model = build_stage1_model(cfg, 5, pretrained=False)
     return plda_verdict.cam_grid(model, cfg.data.crop)
@@ -51,7 +51,7 @@ def test_unknown_grid_is_refused():
 
 
 def _tiny_voc(root: Path, ids: list[str], rng: np.random.Generator) -> None:
-    from plda.vis.palette import save_label_png
+    from plda.data.labels import save_label_png
 
     (root / "SegmentationClassAug").mkdir(parents=True)
     for image_id in ids:
@@ -69,7 +69,7 @@ def test_kept_seed_maps_rescore_to_the_recorded_numbers(tmp_path):
     """seeds_val.npz holds the run's seed PNGs exactly, and re-scoring it gives what the
     pipeline's own evaluation of those PNGs gives (the figure a verdict.json records)."""
     from plda.evaluation.evaluate import evaluate_labels
-    from plda.vis.palette import save_label_png
+    from plda.data.labels import save_label_png
 
     rng = np.random.default_rng(0)
     data, run = tmp_path / "data", tmp_path / "run"
@@ -83,7 +83,7 @@ def test_kept_seed_maps_rescore_to_the_recorded_numbers(tmp_path):
     assert npz == run / plda_verdict.SEED_MAPS
     with np.load(npz) as maps:
         assert sorted(maps.files) == ids
-        from plda.vis.palette import load_label_png
+        from plda.data.labels import load_label_png
 
         for image_id in ids:
             assert np.array_equal(maps[image_id], load_label_png(seeds / f"{image_id}.png"))

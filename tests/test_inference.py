@@ -26,7 +26,7 @@ from plda.inference.seeds import seeds_from_cams
 from plda.inference.cams import (infer_cams, multiscale_cam, multiscale_cam_batch, normalize_cams,
                                  scaled_size)
 from plda.inference.seeds import write_seeds
-from plda.vis.palette import load_label_png
+from plda.data.labels import load_label_png
 
 NUM_CLASSES = 3
 
@@ -363,7 +363,7 @@ def test_seeds_report_missing_cam_files_and_options(tmp_path):
 @pytest.mark.slow
 def test_crf_seeds_follow_seam_alphas(tmp_path):
     pytest.importorskip("pydensecrf.densecrf")
-    from plda.refinement.crf import dense_crf
+    from plda.inference.crf import dense_crf
 
     layout = make_layout(tmp_path / "data", SIZES, LABELS)
     _write_cam_files(tmp_path / "cams", layout)

@@ -16,7 +16,7 @@ from plda.data.datasets import (ClassificationDataset, ImageDataset, Segmentatio
 from plda.data.layout import VOC_CLASSES, DatasetLayout
 from plda.data.transforms import SegTransform, Stage1Transform
 from plda.errors import DataError
-from plda.vis.palette import save_label_png
+from plda.data.labels import save_label_png
 
 H, W = 24, 32
 

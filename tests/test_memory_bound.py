@@ -31,7 +31,7 @@ def test_predict_segments_a_large_image_at_max_side(tmp_path, checkpoint):  # no
     from plda.cli.predict import predict_images
     from plda.segmentation.inference import multiscale_probs, upsampled_argmax
     from plda.segmentation.models import load_segmentation_net
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     rgb = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
     (tmp_path / "in").mkdir()

@@ -12,7 +12,7 @@ from plda.evaluation.evaluate import evaluate_cams, evaluate_labels
 from plda.inference.seeds import seeds_from_cams
 from plda.evaluation.metrics import (all_reduce_confusion, confusion_matrix,
                                      confusion_matrix_torch, scores)
-from plda.vis.palette import load_label_png, save_label_png
+from plda.data.labels import load_label_png, save_label_png
 
 NAMES3 = ["background", "cat", "dog"]
 # gt/pred pixel pairs: (0,0) (0,0) (0,1) (1,1) (1,1) (2,0) and one ignored pixel predicted 2.

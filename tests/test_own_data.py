@@ -15,7 +15,7 @@ from plda.cli.main import main
 from plda.data.layout import DatasetLayout
 from plda.data.prepare_folder import prepare_folder, split_ids
 from plda.errors import DataError
-from plda.vis.palette import load_label_png, save_label_png
+from plda.data.labels import load_label_png, save_label_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -421,7 +421,7 @@ def test_label_free_threshold_reads_the_cam_files(tmp_path):
 # ---- what a user reads -------------------------------------------------------------------
 
 def test_palette_for_the_datasets_classes():
-    from plda.vis.palette import palette_for, voc_palette
+    from plda.data.labels import palette_for, voc_palette
 
     voc = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
            "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -437,7 +437,7 @@ def test_palette_for_the_datasets_classes():
 def test_overlay_legend_names_the_classes_present():
     from plda.cli.predict import legend_entries
     from plda.vis.overlay import with_legend
-    from plda.vis.palette import palette_for
+    from plda.data.labels import palette_for
 
     names = ["background", "cat", "dog", "horse"]
     pal = palette_for(names)

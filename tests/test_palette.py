@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from plda.errors import DataError
-from plda.vis.palette import colorize, label_to_image, load_label_png, save_label_png, voc_palette
+from plda.data.labels import colorize, label_to_image, load_label_png, save_label_png, voc_palette
 
 
 def test_palette_matches_the_voc_colour_map():

@@ -11,7 +11,7 @@ import pytest
 
 from plda.errors import DataError
 from plda.evaluation.parts import coverage_counts, part_body_coverage
-from plda.vis.palette import label_to_image
+from plda.data.labels import label_to_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 try:
@@ -74,7 +74,7 @@ def test_seed_spread_reports_part_and_body_on_synthetic_runs(tmp_path):
     from plda.config import load_run_config
     from plda.config.loader import save_config
     from plda.data.synth import generate_synthetic
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     run = tmp_path / "run"
     cfg = load_run_config("synth_cam", [f"run_dir={run}", "data.synth.n_train=6",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from plda.config import load_run_config, load_run_folder_config
-from plda.vis.palette import load_label_png
+from plda.data.labels import load_label_png
 
 TINY = ["data.synth.n_train=8", "data.synth.n_val=4", "data.synth.size=64",
         "data.synth.num_classes=3", "data.resize_long=[56,72]", "data.crop=64",
@@ -106,7 +106,7 @@ def test_missing_dataset_root_is_named(tmp_path):
 
 def test_cam_without_trained_model_says_what_to_do(tmp_path):
     from plda.errors import ConfigError
-    from plda.pipeline.common import load_stage1_model
+    from plda.methods.build import load_stage1_model
 
     cfg = load_run_config("synth_cam", [f"run_dir={tmp_path}", "model.pretrained=null"])
     with pytest.raises(ConfigError, match="plda train"):
@@ -120,7 +120,8 @@ def test_refine_irn_end_to_end_resumes_and_scores(tmp_path, capsys, image_scale)
     trained boundary net, one pseudo mask per image (labels within the image's classes),
     pseudo-mask mIoU in metrics.json; re-running keeps every finished file. At image_scale
     0.5 (CRF, boundary and walk on half-size images) every file still has the image's size."""
-    from plda.pipeline.refine import BOUNDARY_WEIGHTS, refine
+    from plda.pipeline.refine import refine
+    from plda.refinement.irn import BOUNDARY_WEIGHTS
     from plda.pipeline.run import run_pipeline
 
     run = tmp_path / "run"
@@ -209,7 +210,8 @@ def test_refine_with_crf_or_pamr_writes_scored_pseudo_masks(tmp_path, method):
 def test_refine_affinity_end_to_end(tmp_path):
     """la/ha seeds -> affinity labels -> AffinityNet -> walked pseudo masks, scored."""
     pytest.importorskip("pydensecrf.densecrf")
-    from plda.pipeline.refine import AFFINITY_WEIGHTS, refine
+    from plda.pipeline.refine import refine
+    from plda.refinement.affinity import AFFINITY_WEIGHTS
     from plda.pipeline.run import run_pipeline
 
     run = tmp_path / "run"
@@ -239,7 +241,7 @@ def test_irn_thresholds_follow_the_chosen_seed_threshold(tmp_path):
     the linear rule scales all three by the run's chosen threshold / 0.15 (capped at 0.95);
     otherwise they are the configured values. The relation labels use them."""
     from plda.errors import DataError
-    from plda.pipeline.refine import irn_thresholds
+    from plda.refinement.irn import irn_thresholds
     from plda.refinement.relations import relation_labels
     from plda.runfolder import update_metrics
 
@@ -271,7 +273,7 @@ def test_irn_power_rule_equals_irn_values_on_rescaled_cams(tmp_path):
     that sends the seed threshold t onto 0.15. At t = 0.15 the values are IRN's; a threshold
     outside (0, 1) is refused by name."""
     from plda.errors import DataError
-    from plda.pipeline.refine import irn_thresholds
+    from plda.refinement.irn import irn_thresholds
     from plda.refinement.relations import relation_labels
     from plda.runfolder import update_metrics
 

@@ -55,7 +55,7 @@ def test_folder_of_mixed_sizes_and_formats_gets_one_mask_each(tmp_path, checkpoi
     from plda.cli.predict import predict_images
     from plda.segmentation.inference import predict_labels
     from plda.segmentation.models import load_segmentation_net
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     sizes = _images(tmp_path / "in")
     out = tmp_path / "out"
@@ -189,7 +189,7 @@ def test_crf_prediction_writes_valid_masks(tmp_path, checkpoint):
     from PIL import Image
 
     from plda.cli.predict import predict_images
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
                     ).save(tmp_path / "a.png")

@@ -15,7 +15,7 @@ from plda.data.layout import DatasetLayout
 from plda.data.prepare_coco import prepare_coco
 from plda.data.prepare_voc import prepare_voc
 from plda.errors import DataError, PldaError
-from plda.vis.palette import load_label_png, save_label_png
+from plda.data.labels import load_label_png, save_label_png
 
 # pycocotools 2.0 with numpy 2 warns inside annToMask; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

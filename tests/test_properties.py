@@ -22,7 +22,7 @@ from plda.evaluation.evaluate import evaluate_cams, evaluate_labels
 from plda.inference.seeds import seeds_from_cams
 from plda.evaluation.metrics import confusion_matrix, confusion_matrix_torch, scores
 from plda.data.camfile import load_cams
-from plda.vis.palette import save_label_png
+from plda.data.labels import save_label_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = settings(max_examples=30, deadline=None,

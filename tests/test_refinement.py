@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from plda.refinement.affinity import (
+from plda.refinement.walk import (
     affinity_loss,
     boundary_to_affinity,
     displacements,
@@ -150,7 +150,7 @@ def test_relation_labels_with_crf_follow_the_image():
 
 
 def test_pair_paths_are_irn_line_neighbourhoods():
-    from plda.refinement.affinity import _segment
+    from plda.refinement.walk import _segment
 
     # points of the bounding box less than one pixel from the line (IRN's dist_sq < 1)
     assert sorted(_segment((1, 2))) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
@@ -163,7 +163,7 @@ def test_propagation_stays_inside_a_closed_boundary():
     """The walk averages each pixel over its affinity-weighted neighbours (IRN's x T with T
     normalised over columns): CAM spreads freely inside a region, not across a boundary ring,
     and a constant map stays constant."""
-    from plda.refinement.affinity import propagate_cams
+    from plda.refinement.walk import propagate_cams
 
     h = w = 14
     boundary = torch.zeros(h, w, dtype=torch.float64)
@@ -254,7 +254,7 @@ def test_irn_pseudo_mask_fills_the_region_a_boundary_encloses():
 
 # ---------------------------------------------------------------- AffinityNet
 def test_affinity_labels_from_la_and_ha_seeds():
-    from plda.refinement.affinitynet import affinity_labels
+    from plda.refinement.affinity import affinity_labels
 
     la = np.array([[0, 3, 3], [0, 0, 5]], np.uint8)
     ha = np.array([[0, 3, 3], [3, 0, 5]], np.uint8)
@@ -265,7 +265,7 @@ def test_affinity_labels_from_la_and_ha_seeds():
 
 
 def test_pair_affinity_is_exp_of_mean_l1_distance():
-    from plda.refinement.affinitynet import pair_affinity
+    from plda.refinement.affinity import pair_affinity
 
     f = torch.zeros(1, 2, 2, 3)
     f[0, :, 0, 1] = torch.tensor([1.0, 3.0])   # pixel (0, 1)
@@ -280,7 +280,7 @@ def test_affinitynet_trains_its_head_and_backbone():
     from plda.engine.config import TrainConfig
     from plda.engine.optim import build_optimizer
     from plda.models.backbones import build_backbone
-    from plda.refinement.affinitynet import AffinityNet, AffinityNetModel
+    from plda.refinement.affinity import AffinityNet, AffinityNetModel
 
     torch.manual_seed(0)
     net = AffinityNet(build_backbone("efficientnet_lite0", pretrained=None, output_stride=16))
@@ -317,7 +317,7 @@ class _RegionFeatures(torch.nn.Module):
 
 
 def test_affinity_pseudo_mask_spreads_a_seed_over_its_region():
-    from plda.refinement.affinitynet import affinity_pseudo_mask
+    from plda.refinement.affinity import affinity_pseudo_mask
 
     cams = torch.zeros(1, 44, 40, dtype=torch.float64)
     cams[0, 8:32, 8:32] = 0.3     # weak over the square (feature cells 2..7)...
@@ -334,7 +334,7 @@ def test_affinity_pseudo_mask_spreads_a_seed_over_its_region():
 def _naive_affinity(boundary: torch.Tensor, disps) -> torch.Tensor:
     """The definition, one pair at a time: 1 - max of the boundary over the pair's path, the
     boundary counting as 1 outside the grid."""
-    from plda.refinement.affinity import _segment
+    from plda.refinement.walk import _segment
 
     h, w = boundary.shape[-2:]
     out = torch.zeros(*boundary.shape[:-2], len(disps), h, w, dtype=boundary.dtype)

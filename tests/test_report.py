@@ -77,7 +77,7 @@ def make_run(root: Path, *, stages=("seeds", "pseudo", "seg"), name="tiny") -> P
     from plda.data.synth import generate_synthetic
     from plda.evaluation.evaluate import evaluate_labels
     from plda.utils.io import atomic_write_json, atomic_write_text
-    from plda.vis.palette import load_label_png, save_label_png
+    from plda.data.labels import load_label_png, save_label_png
 
     run = root / "run"
     generate_synthetic(run / "data", n_train=6, n_val=4, size=48, num_classes=3)

@@ -275,7 +275,7 @@ def test_init_from_adds_plda_to_a_trained_cam_run_and_tracks_its_file(tmp_path, 
     content, so re-training the baseline makes the PLDA run stale."""
     import torch
 
-    from plda.pipeline.common import build_stage1_model
+    from plda.methods.build import build_stage1_model
     from plda.pipeline.run import fingerprints, run_pipeline
     from plda.weights.io import load_state_dict_file, save_state_dict_file
 

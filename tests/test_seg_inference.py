@@ -105,7 +105,7 @@ def test_crf_refines_to_valid_labels_of_the_image_size(one_thread):
     labels = predict_labels(net, image, (1.0,), crf=True)
     assert labels.shape == (20, 28) and labels.dtype == np.uint8 and labels.max() < 3
     # The CRF path is argmax(dense_crf(probs)) with the segmentation parameters.
-    from plda.refinement.crf import dense_crf
+    from plda.inference.crf import dense_crf
 
     probs = multiscale_probs(net, image, (1.0,)).numpy()
     assert np.array_equal(labels, dense_crf(image, probs, **SEG_CRF_PARAMS).argmax(0))
@@ -174,7 +174,7 @@ def test_evaluate_segmentation_writes_scores_and_resumes(tmp_path, one_thread):
     from plda.engine.distributed import single_process
     from plda.pipeline.segment_eval import evaluate_segmentation
     from plda.segmentation.models import load_segmentation_net
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     cfg, run, layout = _seg_run(tmp_path)
     dist = single_process("cpu")
@@ -240,7 +240,7 @@ def test_evaluate_segmentation_refuses_a_net_for_other_classes(tmp_path):
 
 
 def test_drop_stale_outputs_keeps_matching_and_clears_other_sources(tmp_path):
-    from plda.pipeline.common import drop_stale_outputs
+    from plda.runfolder import drop_stale_outputs
 
     folder = tmp_path / "maps"
     folder.mkdir()

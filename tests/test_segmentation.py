@@ -313,7 +313,7 @@ def test_resolve_mask_dir(tmp_path):
 def test_seg_backbone_starts_from_the_stage1_classifier(one_thread, tmp_path):
     from plda.config import load_run_config
     from plda.errors import ConfigError
-    from plda.pipeline.common import build_stage1_model
+    from plda.methods.build import build_stage1_model
     from plda.pipeline.segment import build_seg_net
     from plda.runfolder import STAGE1_WEIGHTS
     from plda.weights.io import save_state_dict_file

@@ -13,7 +13,7 @@ from PIL import Image
 from plda.cli.main import main
 from plda.data.synth import class_names, generate_synthetic
 from plda.errors import ConfigError, DataError
-from plda.vis.palette import load_label_png
+from plda.data.labels import load_label_png
 
 
 def _files(root: Path) -> dict[str, bytes]:

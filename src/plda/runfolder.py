@@ -1,19 +1,20 @@
 """The run folder: where a run's files live, the dataset it reads (``data.root``, or the
 built-in synthetic set generated inside it), how its config and metrics are written, and how
-its records read in words. Every step, the pipeline and the report share these."""
+its records read in words, and which weights its outputs were made from. Every step, the pipeline
+and the report share these."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from plda.config.loader import save_config
 from plda.config.schema import RunConfig
 from plda.errors import DataError
+from plda.methods.build import STAGE1_WEIGHTS
 from plda.utils.dist import is_main_process
 
-STAGE1_WEIGHTS = "stage1.safetensors"
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -32,6 +33,14 @@ def write_run_config(cfg: RunConfig) -> Path:
     if is_main_process():
         save_config(replace(cfg, run_dir=HERE), path)
     return path
+
+
+def stored_config(cfg: RunConfig) -> dict:
+    """The config as checkpoints of the run store it: a plain dict with ``run_dir: .``."""
+    from plda.config import HERE
+    from plda.config.loader import to_dict
+
+    return {**to_dict(cfg), "run_dir": HERE}
 
 
 def stored_path(cfg: RunConfig, path: str | Path) -> str:
@@ -121,3 +130,118 @@ def load_layout(cfg: RunConfig, generate: bool = True):
     from plda.data.layout import DatasetLayout
 
     return DatasetLayout(dataset_root(cfg, generate=generate))
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """Hex SHA-256 of a file's bytes (``None`` when there is no such file): outputs record
+    the digest of the weights they came from, so retrained weights make them stale."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def drop_stale_outputs(folder: Path, source: dict, pattern: str,
+                       marker: Path | None = None) -> bool:
+    """Delete the ``pattern`` files of ``folder`` unless the JSON ``marker`` (default
+    ``folder/source.json``) records the same ``source`` (weights digest and settings); then
+    record ``source``. Resumable steps skip files that exist, so outputs of other weights or
+    settings must go first (rank 0, before the others start). Returns whether files were kept."""
+    from plda.utils.io import atomic_write_json
+
+    marker = Path(marker) if marker is not None else Path(folder) / "source.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == source:
+                return True
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    for f in Path(folder).glob(pattern):
+        f.unlink()
+    atomic_write_json(marker, source)
+    return False
+
+
+def background_threshold(cfg: RunConfig) -> float:
+    """``cam.bg_threshold``, else the one the seed sweep chose (``metrics.json``)."""
+    if cfg.cam.bg_threshold is not None:
+        return float(cfg.cam.bg_threshold)
+    path = run_dir(cfg) / "metrics.json"
+    try:
+        return float(json.loads(path.read_text())["seeds"]["bg_threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"no background threshold: set cam.bg_threshold or run 'plda seeds' "
+                        f"first (it records the sweep's choice in {path})") from None
+
+
+# ------------------------------------------------------------------ what each stage leaves
+
+STAGES = ("data", "train", "cam", "seeds", "refine", "seg_train", "seg_eval", "report")
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """What one pipeline stage leaves in the run folder: ``outputs`` (entries removed when its
+    settings change), ``metrics`` (``metrics.json`` sections it writes, dropped with them),
+    ``marker`` (the entry whose presence says it finished; None: nothing to check), ``labels``
+    (its folder of label PNGs, for the report) and ``logs`` (``(metrics section, log folder,
+    title)`` of each network it trains)."""
+
+    title: str
+    outputs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    marker: str | None = None
+    labels: str | None = None
+    logs: tuple[tuple[str, str, str], ...] = ()
+
+
+def stage_files(stage: str) -> StageFiles:
+    """The :class:`StageFiles` of ``stage``; refinement's come from every registered refiner
+    (a change of method removes the old refiner's folder too)."""
+    if stage == "refine":
+        from plda.registry import REFINERS
+
+        refiners = [REFINERS.get(name).obj for name in REFINERS.names()]
+        return StageFiles(
+            "pseudo masks",
+            outputs=(*dict.fromkeys(r.folder for r in refiners if r.folder), "pseudo"),
+            metrics=("pseudo", *dict.fromkeys(r.train_section for r in refiners
+                                              if r.train_section)),
+            marker="pseudo", labels="pseudo",
+            logs=tuple((r.train_section, r.folder, r.title) for r in refiners
+                       if r.train_section and r.folder))
+    if stage == "seg_train":
+        from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS
+
+        return StageFiles("segmentation net (stage 2)", outputs=(SEG_DIR,),
+                          metrics=("seg_train",), marker=f"{SEG_DIR}/{SEG_WEIGHTS}",
+                          logs=(("seg_train", SEG_DIR, "segmentation net (stage 2)"),))
+    if stage not in _FIXED_STAGE_FILES:
+        from plda.errors import ConfigError
+
+        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return _FIXED_STAGE_FILES[stage]
+
+
+_FIXED_STAGE_FILES = {
+    # a generated synthetic set checks its own parameters (dataset_root)
+    "data": StageFiles("data"),
+    "train": StageFiles("stage 1 (classifier)",
+                        outputs=("checkpoints", "logs", "vis", STAGE1_WEIGHTS,
+                                 "train_config.json"),
+                        metrics=("train",), marker=STAGE1_WEIGHTS,
+                        logs=(("train", ".", "stage 1 (classifier)"),)),
+    "cam": StageFiles("CAMs", outputs=("cams",), metrics=("cam", "classification"),
+                      marker="cams"),
+    "seeds": StageFiles("CAM seeds", outputs=("seeds",), metrics=("seeds",), marker="seeds",
+                        labels="seeds"),
+    "seg_eval": StageFiles("segmentation", outputs=("seg",), metrics=("seg",), marker="seg",
+                           labels="seg"),
+    "report": StageFiles("report", outputs=("report.html",), marker="report.html"),
+}

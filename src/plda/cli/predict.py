@@ -3,7 +3,7 @@
 No dataset, labels or config are needed: the weights file describes its network and classes
 (:func:`plda.segmentation.models.load_segmentation_net`). Each input ``<stem>.<ext>`` gives
 ``<out>/<stem>.png`` (label map of the input's size: value k is class k of the weights' class
-list, coloured by :func:`plda.vis.palette.palette_for` — VOC's colours for VOC's classes) and
+list, coloured by :func:`plda.data.labels.palette_for` — VOC's colours for VOC's classes) and
 ``<out>/<stem>_overlay.jpg`` (the mask over the photo, with a legend of the classes present).
 ``<out>/classes.txt`` names the values (line k: value k, as a dataset's ``classes.txt``). The overlay is written before the mask, so an existing
 mask means a finished image and a re-run skips it. ``--areas FILE`` writes each image's class
@@ -185,13 +185,13 @@ def predict_images(checkpoint: str | os.PathLike, inputs: Sequence[str | os.Path
     from plda.utils.progress import progress_bar
     from plda.utils.io import atomic_write_text, check_output_file
     from plda.vis.overlay import label_overlay, with_legend
-    from plda.vis.palette import palette_for, save_label_png
+    from plda.data.labels import palette_for, save_label_png
 
     files = collect_inputs(inputs)
     if areas is not None:
         check_output_file(areas, "--areas")
     if crf:  # fail before any work, not at the first image
-        from plda.refinement.crf import require_pydensecrf
+        from plda.inference.crf import require_pydensecrf
 
         require_pydensecrf()
     scales = tuple(float(s) for s in scales)
@@ -280,7 +280,7 @@ def class_areas(mask_path: Path, class_names: list[str]) -> dict[str, Any]:
     classes present, background included)."""
     import numpy as np
 
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     mask = load_label_png(mask_path)
     counts = np.bincount(mask.ravel(), minlength=256)

@@ -17,7 +17,8 @@ import math
 import difflib
 import types
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (Annotated, Any, Literal, Mapping, TypeVar, Union, get_args, get_origin,
+                    get_type_hints)
 
 import yaml
 
@@ -143,6 +144,9 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    registry = _registry_of(tp)
+    if registry is not None:
+        return f"a registered {registry.kind} name"
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(tp))
     if tp is type(None):
@@ -152,6 +156,15 @@ def _type_name(tp: Any) -> str:
         inner = _type_name(args[0]) if args else "any"
         return f"list of {inner}"
     return getattr(tp, "__name__", str(tp))
+
+
+def _registry_of(tp: Any):
+    """The registry an ``Annotated[str, REGISTRY]`` field takes its names from, else None."""
+    if get_origin(tp) is not Annotated:
+        return None
+    from plda.registry import Registry
+
+    return next((m for m in tp.__metadata__ if isinstance(m, Registry)), None)
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -164,6 +177,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             f" ({type(value).__name__}){extra}")
 
     if tp is Any:
+        return value
+    registry = _registry_of(tp)
+    if registry is not None:
+        if not isinstance(value, str) or value not in registry:
+            raise ConfigError(f"config key '{key}': {value!r} is not a valid choice; "
+                              f"valid choices: {', '.join(repr(c) for c in registry.names())} "
+                              f"(a {registry.kind} of one's own: register it, plda.registry, "
+                              "and list its module under 'imports')")
         return value
     if origin is Literal:
         choices = get_args(tp)
@@ -238,7 +259,7 @@ def from_dict(cls: type[T], data: Mapping, prefix: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"config section '{prefix or '<root>'}' must be a mapping, "
                           f"got {type(data).__name__}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
@@ -284,6 +305,14 @@ def load_config(cls: type[T], preset: str | Path | None = None,
     ``overrides``, validate against ``cls``."""
     data = load_yaml_with_extends(preset) if preset is not None else {}
     data = apply_overrides(data, list(overrides))
+    imports = data.get("imports") if isinstance(data, Mapping) else None
+    if imports:  # modules that register backbones, methods or refiners of one's own
+        from plda.registry import import_modules
+
+        if not isinstance(imports, (list, tuple)):
+            raise ConfigError(f"config key 'imports': expected a list of module names, got "
+                              f"{imports!r}")
+        import_modules(imports)
     if preset is None:
         return from_dict(cls, data)
     try:

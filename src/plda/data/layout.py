@@ -257,7 +257,7 @@ class DatasetLayout:
 
         ``mask_dir`` reads ``<mask_dir>/<id>.png`` instead (pseudo masks); the same checks apply.
         """
-        from plda.vis.palette import load_label_png
+        from plda.data.labels import load_label_png
 
         if mask_dir is None:
             path = self.mask_path(image_id)

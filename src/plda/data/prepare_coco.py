@@ -28,7 +28,7 @@ from plda.data.layout import (CLASSES_FILE, IGNORE_INDEX, LABELS_FILE, read_clas
 from plda.errors import DataError, PldaError
 from plda.utils.io import atomic_write, atomic_write_text, check_id, safe_join
 from plda.utils.progress import progress
-from plda.vis.palette import save_label_png
+from plda.data.labels import save_label_png
 
 LINK_MODES = ("copy", "hardlink", "symlink")
 

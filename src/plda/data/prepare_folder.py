@@ -334,7 +334,7 @@ def _find_masks(masks: Path, index: _Index, photos: list[Photo]) -> list[str]:
 
 
 def _check_mask(photo: Photo, size: tuple[int, int], classes: list[str]) -> np.ndarray:
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     mask = load_label_png(photo.mask)
     if mask.shape != size:
@@ -370,7 +370,7 @@ def prepare_folder(photos: str | os.PathLike, tags: str | os.PathLike, out: str 
                                   write_labels_json)
     from plda.utils.io import atomic_write_json, atomic_write_text
     from plda.utils.progress import progress
-    from plda.vis.palette import save_label_png
+    from plda.data.labels import save_label_png
 
     if link not in LINKS:
         raise DataError(f"link {link!r}: expected one of {', '.join(LINKS)}")

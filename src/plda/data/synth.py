@@ -49,7 +49,7 @@ from plda.utils.io import (
     clean_stale_temporaries,
 )
 from plda.utils.progress import progress
-from plda.vis.palette import label_to_image
+from plda.data.labels import label_to_image
 
 GENERATOR_VERSION = 2
 JPEG_QUALITY = 95

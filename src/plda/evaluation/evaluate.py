@@ -28,7 +28,7 @@ from plda.evaluation.metrics import VOC_CLASSES, confusion_matrix, scores
 from plda.inference.seeds import foreground
 from plda.utils.io import check_id, safe_join
 from plda.utils.parallel import map_sum
-from plda.vis.palette import load_label_png
+from plda.data.labels import load_label_png
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 from plda.errors import DataError
 from plda.utils.io import safe_join
 from plda.utils.progress import progress
-from plda.vis.palette import load_label_png
+from plda.data.labels import load_label_png
 
 PARTS_DIR = "SegmentationParts"
 

@@ -59,7 +59,7 @@ def crf_background(cams: np.ndarray, alpha: float) -> np.ndarray:
 
 def crf_seed(image: np.ndarray, cam_file: Any, alpha: float, **crf_kwargs) -> np.ndarray:
     """The "la"/"ha" seed ``(H, W) uint8`` of one image (``cam_file``: a ``CamFile``)."""
-    from plda.refinement.crf import crf_labels
+    from plda.inference.crf import crf_labels
 
     cams = np.asarray(cam_file.cams, dtype=np.float32)
     probs = np.concatenate([crf_background(cams, alpha), cams])
@@ -82,7 +82,7 @@ def load_image_for_cams(image_path: str | os.PathLike, cam_file: Any, cam_path: 
 def _seed_task(task: tuple) -> None:
     """Worker: read one CAM file (and image), write its seed PNG."""
     from plda.data.camfile import load_cams
-    from plda.vis.palette import save_label_png
+    from plda.data.labels import save_label_png
 
     cam_path, out_path, threshold, alpha, image_path = task
     cam_file = load_cams(cam_path)
@@ -110,7 +110,7 @@ def write_seeds(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, ids: Seq
         ``{"written", "skipped", "seconds", "seconds_per_image"}``.
     """
     from plda.inference.cams import clean_temporaries
-    from plda.refinement.crf import map_in_workers
+    from plda.utils.parallel import map_in_workers
 
     if crf is not None and crf not in CRF_ALPHAS:
         raise ConfigError(f"crf={crf!r}: expected None, 'la' or 'ha'")
@@ -120,7 +120,7 @@ def write_seeds(cam_dir: str | os.PathLike, out_dir: str | os.PathLike, ids: Seq
         if layout is None:
             raise ConfigError(f"crf={crf!r} needs the dataset layout to read the images")
         from plda.data.datasets import as_layout
-        from plda.refinement.crf import require_pydensecrf
+        from plda.inference.crf import require_pydensecrf
 
         layout = as_layout(layout)
         require_pydensecrf()  # fail before starting workers when pydensecrf is missing

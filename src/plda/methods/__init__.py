@@ -1,5 +1,6 @@
 """Stage-1 methods: CAM, SEAM, and PLDA added to either (``cam_plda``, ``seam_plda``), each a
-``StageOneModel`` built by ``build_method``.
+``StageOneModel`` registered in ``plda.registry.METHODS`` where it is defined and built by
+``build_method``.
 
 The model classes (and torch with them) load on first use, so that reading a config, which
 needs only :mod:`plda.methods.config`, stays fast (``plda config show``, ``plda report``).
@@ -23,30 +24,22 @@ _LAZY = {
 }
 
 
-def _methods() -> dict[str, Any]:
-    from plda.methods.cam import CAMModel, CAMPLDAModel
-    from plda.methods.seam import SEAMModel
-    from plda.methods.seam_plda import SEAMPLDAModel
-
-    return {"cam": CAMModel, "seam": SEAMModel, "cam_plda": CAMPLDAModel,
-            "seam_plda": SEAMPLDAModel}
-
-
 def build_method(cfg: MethodConfig, backbone, num_classes: int):
-    """The stage-1 model ``cfg.name`` on ``backbone`` for ``num_classes`` foreground classes."""
-    return _methods()[cfg.name](cfg, backbone, num_classes)
+    """The stage-1 model ``cfg.name`` (registered in ``plda.registry.METHODS``) on
+    ``backbone`` for ``num_classes`` foreground classes."""
+    from plda.registry import METHODS
+
+    return METHODS.build(cfg.name, cfg, backbone, num_classes)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "METHODS":
-        return _methods()
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'plda.methods' has no attribute {name!r}")
 
 
 __all__ = [
-    "CAMModel", "CAMPLDAModel", "CPSConfig", "CamOutput", "LossWeights", "METHODS", "MethodConfig",
+    "CAMModel", "CAMPLDAModel", "CPSConfig", "CamOutput", "LossWeights", "MethodConfig",
     "PAMRConfig", "PLDA", "PLDAConfig", "SEAMConfig", "SEAMModel", "SEAMPLDAModel", "StageOneModel",
     "WithPLDA", "build_method", "convert_reference_state_dict", "to_reference_state_dict",
 ]

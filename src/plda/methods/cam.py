@@ -12,6 +12,7 @@ from plda.methods.config import MethodConfig
 from plda.methods.heads import ClassifierHead
 from plda.methods.plda import WithPLDA
 from plda.models.fastpath import full_precision
+from plda.registry import METHODS
 
 
 def classification_loss(scores: Tensor, labels: Tensor) -> Tensor:
@@ -20,6 +21,7 @@ def classification_loss(scores: Tensor, labels: Tensor) -> Tensor:
     return F.multilabel_soft_margin_loss(scores, labels)
 
 
+@METHODS.register("cam")
 class CAMModel(StageOneModel):
     """Backbone + GAP + 1x1 classifier (C outputs, no background channel).
 
@@ -57,6 +59,7 @@ class CAMModel(StageOneModel):
         return CamOutput(cam=cam, raw=cam)
 
 
+@METHODS.register("cam_plda")
 class CAMPLDAModel(WithPLDA, CAMModel):
     """Plain CAM plus PLDA: MaskAssign on the CAM itself (no PCM), the erased pass, the domain
     classifier on the final features and CPS on the CAM's logits; two backbone passes per step."""

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from plda.errors import ConfigError
-
-METHOD_NAMES = ("cam", "seam", "cam_plda", "seam_plda")
+from plda.registry import METHODS
 
 
 def _check_range(section: str, name: str, value: float, low: float, high: float,
@@ -188,7 +187,9 @@ class MethodConfig:
        ``DEFAULT_CPS_LOSS_BACKGROUND`` and docs/methods.md for the measurement behind it.
     """
 
-    name: Literal["cam", "seam", "cam_plda", "seam_plda"] = "seam_plda"
+    # A stage-1 method registered in ``plda.registry.METHODS`` (built in: cam, seam, cam_plda,
+    # seam_plda).
+    name: Annotated[str, METHODS] = "seam_plda"
     reference: bool = False
     seam: SEAMConfig = field(default_factory=SEAMConfig)
     plda: PLDAConfig = field(default_factory=PLDAConfig)
@@ -197,8 +198,7 @@ class MethodConfig:
     weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
-        if self.name not in METHOD_NAMES:
-            raise ConfigError(f"method.name={self.name!r}: expected one of {list(METHOD_NAMES)}")
+        METHODS.get(self.name)  # a ConfigError naming the registered methods
 
 
 # What ``method.cps.loss_background: null`` means outside reference mode.

@@ -14,6 +14,7 @@ from plda.methods.cam import classification_loss
 from plda.methods.config import MethodConfig
 from plda.methods.heads import ClassifierHead, conv1x1
 from plda.models.fastpath import full_precision
+from plda.registry import METHODS
 
 _EPS = 1e-5
 
@@ -138,6 +139,7 @@ def ecr_loss(other_cam: Tensor, cam_rv: Tensor, fraction: float = 0.2) -> Tensor
     return diff.topk(max(1, int(k1 * h * w * fraction)), dim=1).values.mean()
 
 
+@METHODS.register("seam")
 class SEAMModel(StageOneModel):
     """Backbone + ``fc8`` (C+1, Dropout2d) + PCM; losses cls, rvmin, ER, ECR over two views."""
 

@@ -14,8 +14,10 @@ from plda.errors import WeightsError
 from plda.methods.domain import DomainClassifier
 from plda.methods.plda import WithPLDA, dropout_disabled, rename_legacy_keys  # noqa: F401
 from plda.methods.seam import SEAMModel
+from plda.registry import METHODS
 
 
+@METHODS.register("seam_plda")
 class SEAMPLDAModel(WithPLDA, SEAMModel):
     """SEAM plus the multi-head domain classifier and CPS; four backbone passes per step."""
 

@@ -1,5 +1,5 @@
 """Networks: backbones (``plda.models.backbones``) and the heads built on them."""
 
-from plda.models.backbones import BACKBONES, Backbone, build_backbone
+from plda.models.backbones import Backbone, build_backbone
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone"]
+__all__ = ["Backbone", "build_backbone"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from plda.config.schema import RunConfig
-from plda.pipeline.common import load_stage1_model
+from plda.methods.build import load_stage1_model
 from plda.runfolder import load_layout, run_dir, update_metrics
 from plda.utils.dist import is_main_process
 
@@ -26,7 +26,7 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
     files share ids such as ``2007_000032`` but not the images."""
     from dataclasses import asdict
 
-    from plda.pipeline.common import file_sha256
+    from plda.runfolder import file_sha256
     from plda.runfolder import STAGE1_WEIGHTS, stored_path
 
     path = Path(weights) if weights else run_dir(cfg) / STAGE1_WEIGHTS
@@ -44,7 +44,7 @@ def _cam_source(cfg: RunConfig, weights, data_root=None) -> dict:
 
 def _drop_stale_cams(folder: Path, source: dict) -> None:
     """Empty ``folder`` if its CAMs came from other weights or settings (rank 0)."""
-    from plda.pipeline.common import drop_stale_outputs
+    from plda.runfolder import drop_stale_outputs
 
     drop_stale_outputs(folder, source, "*.npz")
 

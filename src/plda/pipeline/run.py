@@ -26,16 +26,15 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError
-from plda.runfolder import STAGE1_WEIGHTS, run_dir, tuning_text, update_metrics
+from plda.runfolder import STAGES, StageFiles, run_dir, stage_files, tuning_text, update_metrics
 from plda.utils.dist import is_main_process
 
-STAGES = ("data", "train", "cam", "seeds", "refine", "seg_train", "seg_eval", "report")
 STAGES_FILE = "stages.json"
 # Settings that change how a stage runs but not what it produces.
 _BOOKKEEPING = {"num_workers", "log_every", "checkpoint_every", "keep_checkpoints", "vis_every",
@@ -47,12 +46,14 @@ def _train_settings(train) -> dict:
 
 
 def _refine_settings(cfg: RunConfig) -> dict:
+    from plda.refinement.base import build_refiner
+
     method = cfg.refine.method
     settings: dict[str, Any] = {"method": method, "splits": refine_splits(cfg)}
-    section = getattr(cfg.refine, method, None)
-    if section is not None:
-        values = asdict(section)
-        if "train" in values:
+    values = build_refiner(cfg).settings()
+    if values is not None:
+        if isinstance(values.get("train"), dict):
+            section = build_refiner(cfg).section()
             values["train"] = _train_settings(section.train)
         settings[method] = values
     return settings
@@ -85,55 +86,66 @@ def _model_settings(model) -> dict:
     return values
 
 
+def _data_settings(cfg: RunConfig) -> dict:
+    d = cfg.data
+    return {"root": d.root, "synth": asdict(d.synth) if d.root == "synth" else None}
+
+
+def _stage1_settings(cfg: RunConfig) -> dict:
+    d = cfg.data
+    return {"split": d.train_split, "resize_long": list(d.resize_long), "crop": d.crop,
+            "flip": d.flip, "color_jitter": list(d.color_jitter),
+            "model": _model_settings(cfg.model), "method": _method_settings(cfg.method),
+            "train": _train_settings(cfg.train)}
+
+
+def _cam_settings(cfg: RunConfig) -> dict:
+    c = cfg.cam
+    return {"splits": cam_splits(cfg), "scales": list(c.scales), "flip": c.flip,
+            "amp": c.amp, "label_source": c.label_source,
+            "score_threshold": c.score_threshold,
+            # only when not the default: runs made before the switch keep their fingerprint
+            **({"map": c.map} if c.map != "revised" else {}),
+            **({"resize": c.resize} if c.resize != "tensor" else {}),
+            # images above it only; recorded when not the default, as the two above
+            **({"max_side": c.max_side} if c.max_side != 1024 else {})}
+
+
+def _seeds_settings(cfg: RunConfig) -> dict:
+    from plda.config.schema import LABEL_FREE_DEFAULT
+
+    c = cfg.cam
+    return {"bg_threshold": c.bg_threshold, "sweep": list(c.sweep),
+            "sweep_split": c.sweep_split,
+            # only when not the default: runs made before the setting keep their fingerprint
+            **({"label_free": c.label_free} if c.label_free != LABEL_FREE_DEFAULT else {})}
+
+
+def _seg_train_settings(cfg: RunConfig) -> dict:
+    s = cfg.seg
+    return {"model": asdict(s.model), "mask_dir": s.mask_dir, "split": s.train_split,
+            "crop": s.crop, "scale": list(s.scale), "flip": s.flip,
+            "train": _train_settings(s.train)}
+
+
+def _seg_eval_settings(cfg: RunConfig) -> dict:
+    s = cfg.seg
+    return {"splits": list(s.eval_splits), "scales": list(s.scales), "flip": s.eval_flip,
+            "crf": s.crf, "amp": s.amp}
+
+
 def stage_settings(cfg: RunConfig, stage: str) -> dict:
     """The config values the outputs of ``stage`` depend on (besides earlier stages)."""
-    d = cfg.data
-    if stage == "data":
-        return {"root": d.root, "synth": asdict(d.synth) if d.root == "synth" else None}
-    if stage == "train":
-        return {"split": d.train_split, "resize_long": list(d.resize_long), "crop": d.crop,
-                "flip": d.flip, "color_jitter": list(d.color_jitter),
-                "model": _model_settings(cfg.model), "method": _method_settings(cfg.method),
-                "train": _train_settings(cfg.train)}
-    if stage == "cam":
-        c = cfg.cam
-        return {"splits": cam_splits(cfg), "scales": list(c.scales), "flip": c.flip,
-                "amp": c.amp, "label_source": c.label_source,
-                "score_threshold": c.score_threshold,
-                # only when not the default: runs made before the switch keep their fingerprint
-                **({"map": c.map} if c.map != "revised" else {}),
-                **({"resize": c.resize} if c.resize != "tensor" else {}),
-                # images above it only; recorded when not the default, as the two above
-                **({"max_side": c.max_side} if c.max_side != 1024 else {})}
-    if stage == "seeds":
-        c = cfg.cam
-        from plda.config.schema import LABEL_FREE_DEFAULT
-
-        return {"bg_threshold": c.bg_threshold, "sweep": list(c.sweep),
-                "sweep_split": c.sweep_split,
-                # only when not the default: runs made before the setting keep their fingerprint
-                **({"label_free": c.label_free} if c.label_free != LABEL_FREE_DEFAULT else {})}
-    if stage == "refine":
-        return _refine_settings(cfg)
-    if stage == "seg_train":
-        s = cfg.seg
-        return {"model": asdict(s.model), "mask_dir": s.mask_dir, "split": s.train_split,
-                "crop": s.crop, "scale": list(s.scale), "flip": s.flip,
-                "train": _train_settings(s.train)}
-    if stage == "seg_eval":
-        s = cfg.seg
-        return {"splits": list(s.eval_splits), "scales": list(s.scales), "flip": s.eval_flip,
-                "crf": s.crf, "amp": s.amp}
-    if stage == "report":
-        return {}
-    raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return stage_record(stage).settings(cfg)
 
 
 def cam_splits(cfg: RunConfig) -> list[str]:
     """Splits that need CAMs: the evaluation splits, the training split when IRN or AffinityNet
     learn from its CAMs, and the split DeepLab trains on (its pseudo masks come from CAMs)."""
+    from plda.registry import REFINERS
+
     splits = [*cfg.data.eval_splits]
-    if cfg.refine.method in ("irn", "affinity"):
+    if REFINERS.get(cfg.refine.method).obj.needs_train_cams:
         splits.append(cfg.data.train_split)
     splits.append(cfg.seg.train_split)
     splits += refine_splits(cfg)
@@ -148,23 +160,6 @@ def fingerprints(cfg: RunConfig) -> dict[str, str]:
                            "after": previous}, sort_keys=True, default=str)
         previous = out[stage] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return out
-
-
-# Outputs of each stage inside the run folder: removed when the stage's settings change.
-STAGE_OUTPUTS = {
-    "data": (),  # a generated synthetic set checks its own parameters (common.dataset_root)
-    "train": ("checkpoints", "logs", "vis", STAGE1_WEIGHTS, "train_config.json"),
-    "cam": ("cams",),
-    "seeds": ("seeds",),
-    "refine": ("irn", "affinity", "pseudo"),
-    "seg_train": ("deeplab",),
-    "seg_eval": ("seg",),
-    "report": ("report.html",),
-}
-# metrics.json sections each stage writes (dropped with its outputs).
-STAGE_METRICS = {"train": ("train",), "cam": ("cam", "classification"), "seeds": ("seeds",),
-                 "refine": ("pseudo", "irn_train", "affinity_train"),
-                 "seg_train": ("seg_train",), "seg_eval": ("seg",)}
 
 
 def stage_range(start: str | None, until: str | None) -> list[str]:
@@ -201,7 +196,8 @@ def _remove_outputs(cfg: RunConfig, stage: str) -> list[str]:
     """Delete ``stage``'s outputs and metrics (rank 0); return what was removed."""
     out = run_dir(cfg)
     removed = []
-    for name in STAGE_OUTPUTS[stage]:
+    files = stage_record(stage).files
+    for name in files.outputs:
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -210,7 +206,7 @@ def _remove_outputs(cfg: RunConfig, stage: str) -> list[str]:
             path.unlink()
             removed.append(name)
     metrics_path = out / "metrics.json"
-    sections = STAGE_METRICS.get(stage, ())
+    sections = files.metrics
     if metrics_path.is_file():
         try:
             data = json.loads(metrics_path.read_text())
@@ -230,20 +226,14 @@ def _remove_outputs(cfg: RunConfig, stage: str) -> list[str]:
 def _outputs_present(cfg: RunConfig, stage: str) -> bool:
     """Whether the file or folder that marks ``stage`` as finished is still there (a user may
     have deleted it by hand)."""
-    out = run_dir(cfg)
-    if stage == "seg_train":
-        from plda.pipeline.segment import SEG_DIR, SEG_WEIGHTS
-
-        return (out / SEG_DIR / SEG_WEIGHTS).is_file()
-    marker = {"train": STAGE1_WEIGHTS, "cam": "cams", "seeds": "seeds", "refine": "pseudo",
-              "seg_eval": "seg", "report": "report.html"}.get(stage)
-    return marker is None or (out / marker).exists()
+    marker = stage_record(stage).files.marker
+    return marker is None or (run_dir(cfg) / marker).exists()
 
 
 # ---------------------------------------------------------------------------------- stages
 
 def _run_data(cfg: RunConfig, dist) -> None:
-    from plda.pipeline.common import verify_data
+    from plda.pipeline.stage1 import verify_data
     from plda.runfolder import load_layout
 
     layout = load_layout(cfg)
@@ -329,11 +319,38 @@ def _run_report(cfg: RunConfig, dist) -> None:
     barrier()
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[RunConfig, Any], None]] = {
-    "data": _run_data, "train": _run_train, "cam": _run_cam, "seeds": _run_seeds,
-    "refine": _run_refine, "seg_train": _run_seg_train, "seg_eval": _run_seg_eval,
-    "report": _run_report,
-}
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: the settings its fingerprint hashes, how it runs, and what it leaves
+    in the run folder (:class:`plda.runfolder.StageFiles`)."""
+
+    name: str
+    settings: Callable[[RunConfig], dict]
+    run: Callable[[RunConfig, Any], None]
+
+    @property
+    def files(self) -> StageFiles:
+        return stage_files(self.name)
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("data", _data_settings, _run_data),
+    Stage("train", _stage1_settings, _run_train),
+    Stage("cam", _cam_settings, _run_cam),
+    Stage("seeds", _seeds_settings, _run_seeds),
+    Stage("refine", _refine_settings, _run_refine),
+    Stage("seg_train", _seg_train_settings, _run_seg_train),
+    Stage("seg_eval", _seg_eval_settings, _run_seg_eval),
+    Stage("report", lambda cfg: {}, _run_report),
+)
+assert tuple(stage.name for stage in PIPELINE) == STAGES
+
+
+def stage_record(stage: str) -> Stage:
+    for record in PIPELINE:
+        if record.name == stage:
+            return record
+    raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
 def plan(cfg: RunConfig, stages: list[str] | None = None) -> dict[str, str]:
@@ -405,7 +422,7 @@ def _run_pipeline(cfg: RunConfig, *, start: str | None, until: str | None,
                               "settings": stage_settings(cfg, stage)}
             _write_records(out, records)
         t0 = time.perf_counter()
-        STAGE_FUNCTIONS[stage](cfg, dist)
+        stage_record(stage).run(cfg, dist)
         timings[stage] = round(time.perf_counter() - t0, 3)
         ran_any = True
         if is_main_process():

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError, DataError
-from plda.pipeline.common import train_on_masks
-from plda.runfolder import load_layout, run_dir, stored_path, update_metrics, write_run_config
+from plda.engine.masks import train_on_masks
+from plda.runfolder import (load_layout, run_dir, stored_config, stored_path, update_metrics,
+                            write_run_config)
 from plda.segmentation.models import SEG_DIR, SEG_WEIGHTS
 from plda.utils.dist import is_main_process
 
@@ -54,7 +55,7 @@ def build_seg_net(cfg: RunConfig, num_classes: int, pretrained: bool = True):
                                      pretrained=m.pretrained if pretrained and not from_stage1
                                      else None, frozen_bn=m.frozen_bn)
     if from_stage1 and pretrained:
-        from plda.pipeline.common import load_stage1_model
+        from plda.methods.build import load_stage1_model
 
         # The stage-1 classifier predicts the foreground classes only (no background plane).
         stage1 = load_stage1_model(cfg, num_classes - 1)
@@ -93,9 +94,10 @@ def train_segmentation(cfg: RunConfig, *, resume: bool = False, dist=None) -> di
     check_training_memory(model.to(dist.device), len(class_names), cfg.seg.crop,
                           cfg.seg.train.local_batch_size(dist.world_size), dist.device,
                           what="seg.crop", probe_batch=segmentation_probe)
-    summary = train_on_masks(cfg, model, net, cfg.seg, mask_dir,
+    summary = train_on_masks(load_layout(cfg, generate=False), model, net, cfg.seg, mask_dir,
                              seg_dir(cfg), seg_weights_path(cfg), split=cfg.seg.train_split,
-                             resume=resume, dist=dist, save=save)
+                             resume=resume, dist=dist, config_dict=stored_config(cfg),
+                             save=save)
     summary.update({"arch": net.arch, "backbone": net.backbone_name,
                     "weights": stored_path(cfg, seg_weights_path(cfg))})
     if not summary["interrupted"] and is_main_process():

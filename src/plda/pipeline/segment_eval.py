@@ -21,7 +21,7 @@ from pathlib import Path
 
 from plda.config.schema import RunConfig
 from plda.errors import ConfigError, DataError
-from plda.pipeline.common import drop_stale_outputs, file_sha256
+from plda.runfolder import drop_stale_outputs, file_sha256
 from plda.runfolder import load_layout, run_dir, update_metrics
 from plda.utils.dist import is_main_process
 
@@ -86,11 +86,11 @@ def evaluate_segmentation(cfg: RunConfig, splits=None, *, weights=None, dist=Non
     from plda.segmentation.models import load_segmentation_net
     from plda.utils.io import atomic_write_json, safe_join
     from plda.utils.progress import progress_bar
-    from plda.vis.palette import save_label_png
+    from plda.data.labels import save_label_png
 
     dist = dist if dist is not None else init_distributed()
     if cfg.seg.crf:  # fail before any work, not at the first image
-        from plda.refinement.crf import require_pydensecrf
+        from plda.inference.crf import require_pydensecrf
 
         require_pydensecrf()
     layout = load_layout(cfg, generate=False)

@@ -6,11 +6,26 @@ from pathlib import Path
 
 import numpy as np
 
-from plda.config.loader import to_dict
 from plda.config.schema import RunConfig
-from plda.pipeline.common import build_stage1_model, verify_data
-from plda.runfolder import STAGE1_WEIGHTS, load_layout, run_dir, update_metrics, write_run_config
+from plda.methods.build import build_stage1_model
+from plda.runfolder import (STAGE1_WEIGHTS, load_layout, run_dir, stored_config, update_metrics,
+                            write_run_config)
 from plda.utils.dist import is_main_process
+
+
+
+def verify_data(cfg: RunConfig, layout) -> dict:
+    """Check every image and mask of the splits the run uses (rank 0; remembered in the run
+    folder, so a re-run checks only changed files): ``plda.data.check``."""
+    from plda.data.check import check_dataset
+    from plda.engine.distributed import barrier
+
+    summary = {}
+    if is_main_process():
+        summary = check_dataset(layout, [cfg.data.train_split, *cfg.data.eval_splits],
+                                cache_dir=run_dir(cfg))
+    barrier()
+    return summary
 
 
 class CamOverlayCallback:
@@ -89,7 +104,7 @@ def train_stage1(cfg: RunConfig, *, resume: bool = False, dist=None) -> dict:
         callbacks.append(CamOverlayCallback(out / "vis", layout.class_names,
                                             backbone.input_mean, backbone.input_std))
     trainer = Trainer(model, dataset, cfg.train, out, dist=dist, callbacks=callbacks,
-                      config_dict={**to_dict(cfg), "run_dir": "."})
+                      config_dict=stored_config(cfg))
     result = trainer.fit(resume=resume)
     summary = {"steps": result.step, "total_steps": result.total_steps,
                "interrupted": result.interrupted, "wall_time_s": result.wall_time_s,

@@ -1,193 +1,248 @@
-"""Pixel-pair affinities on a coarse grid: the pair set, labels from a seed map, affinities from a
-boundary map, and the random walk that propagates CAMs along them (IRN / AffinityNet).
+"""AffinityNet (Ahn & Kwak, CVPR 2018; jiwoon-ahn/psa ``resnet38_aff``, as SEAM uses it).
 
-Pairs are IRN's: every pixel ``p`` with ``p + d`` for the displacements ``d`` of
-:func:`displacements` (half of the disc of radius ``r``, so each unordered pair occurs once).
-Per-pair tensors are ``(..., D, h, w)``: entry ``[k, y, x]`` is the pair ``(y, x)`` ->
-``(y + dy_k, x + dx_k)``; pairs that leave the grid are invalid (``valid_pairs``).
+Features: 1x1 convs (no bias, Kaiming) of the backbone's two PCM levels and its final level to
+64 / 128 / 256 channels, ELU, concatenated on the final level's grid, a 1x1 conv 448 -> 448
+(Xavier, gain 4), ELU. The affinity of two pixels is ``exp(-mean_c |f_i - f_j|)``. Unlike IRN the
+backbone trains too (psa's four groups: backbone 1x / 2x, new layers 10x). Labels come from the
+"la"/"ha" CRF seeds: foreground where "la" has a class, background where "ha" has background,
+ignored elsewhere. Inference walks all classes and a background plane ``(1 - max CAM)^alpha``,
+pooled to the feature grid, ``2^logt`` steps with affinities raised to ``beta``.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-Displacement = tuple[int, int]
+from plda.refinement.base import Refiner, pending, train_refiner_net
+from plda.refinement.walk import (
+    _shift,
+    affinity_loss,
+    displacements,
+    pair_labels,
+    random_walk,
+    valid_pairs,
+)
+from plda.refinement.irn import downsample_labels
+from plda.registry import REFINERS
+
+IGNORE = 255
 
 
-def displacements(radius: int) -> list[Displacement]:
-    """IRN's search directions: ``(0, dx)`` for ``0 < dx < r``, then ``(dy, dx)`` for
-    ``0 < dy < r``, ``|dx| < r`` with ``dy² + dx² < r²``."""
-    if radius < 2:
-        raise ValueError(f"radius must be >= 2, got {radius}")
-    out = [(0, dx) for dx in range(1, radius)]
-    out += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius)
-            if dy * dy + dx * dx < radius * radius]
+def affinity_labels(la: np.ndarray, ha: np.ndarray) -> np.ndarray:
+    """psa's label: the class where the "la" seed has one, background where the "ha" seed is
+    background, 255 elsewhere (``(H, W) uint8`` maps of equal size)."""
+    la, ha = np.asarray(la), np.asarray(ha)
+    if la.shape != ha.shape:
+        raise ValueError(f"la seed {la.shape} and ha seed {ha.shape} differ in size")
+    out = la.astype(np.uint8).copy()
+    out[la == 0] = IGNORE
+    out[ha == 0] = 0
     return out
 
 
-def _shift(x: Tensor, dy: int, dx: int, fill: float = 0.0) -> Tensor:
-    """``out[..., y, x] = x[..., y + dy, x + dx]`` where that is inside, else ``fill``."""
-    h, w = x.shape[-2:]
-    out = torch.full_like(x, fill)
-    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
-    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-    out[..., yd, xd] = x[..., ys, xs]
-    return out
+class AffinityNet(nn.Module):
+    """Backbone + psa's affinity head; ``forward(image)`` -> features ``(B, 448, h, w)``."""
+
+    def __init__(self, backbone: nn.Module, widths: Sequence[int] = (64, 128, 256)) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.levels = [*backbone.pcm_levels, backbone.final_level]
+        self.reduce = nn.ModuleList(nn.Conv2d(backbone.channels[n], w, 1, bias=False)
+                                    for n, w in zip(self.levels, widths))
+        for conv in self.reduce:
+            nn.init.kaiming_normal_(conv.weight)
+        total = sum(widths)
+        self.fuse = nn.Conv2d(total, total, 1, bias=False)
+        nn.init.xavier_uniform_(self.fuse.weight, gain=4)
+        self.input_mean, self.input_std = backbone.input_mean, backbone.input_std
+
+    @property
+    def stride(self) -> int:
+        return int(self.backbone.strides[self.backbone.final_level])
+
+    def forward(self, image: Tensor) -> Tensor:
+        levels = self.backbone(image)
+        size = levels[self.backbone.final_level].shape[-2:]
+        parts = []
+        for name, conv in zip(self.levels, self.reduce):
+            x = F.elu(conv(levels[name]))
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            parts.append(x)
+        return F.elu(self.fuse(torch.cat(parts, 1)))
+
+    def parameter_groups(self) -> list[dict]:
+        weights, biases = self.backbone.parameter_groups()
+        new = [p for m in (*self.reduce, self.fuse) for p in m.parameters() if p.requires_grad]
+        return [{"params": list(weights), "lr_mult": 1.0, "weight_decay_mult": 1.0,
+                 "name": "backbone_weights"},
+                {"params": list(biases), "lr_mult": 2.0, "weight_decay_mult": 0.0,
+                 "name": "backbone_biases"},
+                {"params": new, "lr_mult": 10.0, "weight_decay_mult": 1.0, "name": "new_weights"}]
 
 
-def valid_pairs(size: tuple[int, int], disps: Sequence[Displacement],
-                device: torch.device | None = None) -> Tensor:
-    """``(D, h, w)`` bool: the pair's far end is inside the grid."""
-    h, w = size
-    ones = torch.ones(1, h, w, dtype=torch.bool, device=device)
-    return torch.cat([_shift(ones, dy, dx, False) for dy, dx in disps])
+def pair_affinity(features: Tensor, disps: Sequence[tuple[int, int]]) -> Tensor:
+    """``exp(-mean_c |f(p) - f(p + d)|)`` for every pair -> ``(B, D, h, w)``; 0 off the grid."""
+    valid = valid_pairs(features.shape[-2:], disps, features.device)
+    out = [torch.exp(-(features - _shift(features, dy, dx)).abs().mean(1)) * valid[k]
+           for k, (dy, dx) in enumerate(disps)]
+    return torch.stack(out, 1)
 
 
-def pair_labels(label: Tensor, disps: Sequence[Displacement], ignore_index: int = 255
-                ) -> dict[str, Tensor]:
-    """Affinity labels of a seed map ``(..., h, w)`` (0 background, classes, ``ignore_index``):
-    ``bg_pos`` (both ends background), ``fg_pos`` (both the same class), ``neg`` (different
-    labels); pairs touching an ignored pixel or leaving the grid are in none of them."""
-    label = label.long()
-    src = label.unsqueeze(-3)                                      # (..., 1, h, w)
-    dst = torch.stack([_shift(label, dy, dx, ignore_index) for dy, dx in disps], -3)
-    valid = (src != ignore_index) & (dst != ignore_index)
-    same = src == dst
-    return {"bg_pos": valid & same & (src == 0), "fg_pos": valid & same & (src != 0),
-            "neg": valid & ~same}
+class AffinityNetModel(nn.Module):
+    """The trainer's model: psa's affinity loss (bg/4 + fg/4 + neg/2) on ``{"image", "mask"}``
+    (mask: :func:`affinity_labels`) for the pairs within ``radius`` on the feature grid."""
+
+    def __init__(self, net: AffinityNet, radius: int = 5) -> None:
+        super().__init__()
+        self.net = net
+        self.disps = displacements(radius)
+
+    def forward(self, batch: dict[str, Tensor], progress: float = 0.0) -> dict[str, Tensor]:
+        features = self.net(batch["image"])
+        labels = pair_labels(downsample_labels(batch["mask"], features.shape[-2:]), self.disps)
+        terms = affinity_loss(pair_affinity(features, self.disps), labels)
+        out = {"loss": terms["total"]}
+        out.update({k: v.detach() for k, v in terms.items() if k != "total"})
+        return out
+
+    def parameter_groups(self) -> list[dict]:
+        return self.net.parameter_groups()
 
 
-def _segment(d: Displacement) -> list[Displacement]:
-    """IRN's path of a pair: the grid points of the bounding box of (0, 0) and ``d`` that lie
-    less than one pixel from the straight line through them (both ends included)."""
-    dy, dx = d
-    length_sq = dy * dy + dx * dx
-    return [(y, x) for y in range(min(0, dy), max(0, dy) + 1)
-            for x in range(min(0, dx), max(0, dx) + 1)
-            if (dy * x - dx * y) ** 2 / length_sq < 1]
+@torch.no_grad()
+def affinity_pseudo_mask(net: AffinityNet, image: Tensor, cams: Tensor, keys: Sequence[int], *,
+                         radius: int = 5, alpha: float = 16.0, beta: float = 8.0,
+                         logt: int = 8) -> Tensor:
+    """psa's ``infer_aff`` for one image.
 
-
-def boundary_to_affinity(boundary: Tensor, disps: Sequence[Displacement]) -> Tensor:
-    """IRN's inter-pixel affinity: ``1 - max`` of the boundary map ``(..., h, w)`` (values in
-    [0, 1]) over the path between the two pixels of each pair (:func:`_segment`) ->
-    ``(..., D, h, w)``. Outside the grid the boundary counts as 1, so pairs leaving it get 0.
-
-    The map is padded with 1 once; every offset any path visits is a view into the padded map,
-    stacked into one tensor; every pair's path is gathered from it with one index and reduced
-    by one max whose backward is a single scatter (:class:`_PathMax`), instead of one
-    ``maximum`` per path point (about 2,000 for radius 10, whose backward dominated IRN's
-    training step)."""
-    paths = [_segment(d) for d in disps]
-    offsets = sorted({o for path in paths for o in path})
-    position = {o: i for i, o in enumerate(offsets)}
-    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    h, w = boundary.shape[-2:]
-    padded = F.pad(boundary, (reach, reach, reach, reach), value=1.0)
-    stack = torch.stack([padded[..., reach + dy:reach + dy + h, reach + dx:reach + dx + w]
-                         for dy, dx in offsets], -3)                    # (..., O, h, w)
-    longest = max(len(path) for path in paths)
-    # Paths shorter than the longest repeat their first point: max is unchanged.
-    index = torch.tensor([[position[o] for o in path] + [position[path[0]]] * (longest - len(path))
-                          for path in paths], device=boundary.device)    # (D, L)
-    return 1.0 - _PathMax.apply(stack, index)
-
-
-class _PathMax(torch.autograd.Function):
-    """``stack (..., O, h, w)``, ``index (D, L)`` -> ``(..., D, h, w)``: the max over ``l`` of
-    ``stack[..., index[d, l], y, x]``. Backward sends each gradient to the offset that held the
-    maximum with one ``scatter_add`` (autograd's own max/maximum backward builds several
-    masks of the whole gathered tensor: most of IRN's training step)."""
-
-    @staticmethod
-    def forward(ctx, stack: Tensor, index: Tensor) -> Tensor:
-        # A running maximum over the path positions, remembering which offset won (the first
-        # on ties): never the whole (..., D, L, h, w) gather.
-        ids = index.to(torch.int16)  # offset ids (a few hundred): small masks, fast where
-        values = stack.index_select(-3, index[:, 0])                # (..., D, h, w)
-        winner = ids[:, :1, None].expand(values.shape).clone()
-        for step in range(1, index.shape[1]):
-            candidate = stack.index_select(-3, index[:, step])
-            winner = torch.where(candidate > values, ids[:, step, None, None], winner)
-            values = torch.maximum(values, candidate)
-        ctx.save_for_backward(winner)
-        ctx.num_offsets = stack.shape[-3]
-        return values
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (winner,) = ctx.saved_tensors
-        shape = (*grad.shape[:-3], ctx.num_offsets, *grad.shape[-2:])
-        return grad.new_zeros(shape).scatter_add_(-3, winner.long(), grad), None
-
-
-def affinity_loss(affinity: Tensor, labels: dict[str, Tensor], eps: float = 1e-5
-                  ) -> dict[str, Tensor]:
-    """IRN's class-balanced affinity loss (semantic part): ``-log(a)`` on positive pairs,
-    background and foreground averaged separately then halved, ``-log(1 - a)`` on negative
-    pairs; ``total = (pos + neg) / 2``."""
-    pos = -torch.log(affinity + eps)
-    neg = -torch.log(1.0 + eps - affinity)
-
-    def mean(loss: Tensor, mask: Tensor) -> Tensor:
-        mask = mask.to(loss.dtype)
-        return (loss * mask).sum() / (mask.sum() + eps)
-
-    bg, fg = mean(pos, labels["bg_pos"]), mean(pos, labels["fg_pos"])
-    negative = mean(neg, labels["neg"])
-    positive = bg / 2 + fg / 2
-    return {"total": (positive + negative) / 2, "bg_pos": bg, "fg_pos": fg, "neg": negative}
-
-
-def transition_matrix(affinity: Tensor, disps: Sequence[Displacement], beta: float) -> Tensor:
-    """Sparse ``(hw, hw)`` column-stochastic transition matrix of one image's pair affinities
-    ``(D, h, w)``: ``A = 1`` on the diagonal and ``a^beta`` on both entries of each valid pair,
-    ``T = A / column sums`` (IRN's ``to_transition_matrix`` before its squarings)."""
-    d_count, h, w = affinity.shape
-    if d_count != len(disps):
-        raise ValueError(f"{d_count} affinity planes for {len(disps)} displacements")
-    index = torch.arange(h * w, device=affinity.device).view(h, w)
-    valid = valid_pairs((h, w), disps, affinity.device)
-    rows, cols, vals = [index.flatten()], [index.flatten()], [torch.ones(h * w, device=affinity.device,
-                                                                        dtype=affinity.dtype)]
-    for k, (dy, dx) in enumerate(disps):
-        src = index[valid[k]]
-        dst = _shift(index, dy, dx, -1)[valid[k]]
-        value = affinity[k][valid[k]].clamp(min=0) ** beta
-        rows += [src, dst]
-        cols += [dst, src]
-        vals += [value, value]
-    rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    colsum = torch.zeros(h * w, dtype=vals.dtype, device=vals.device).index_add_(0, cols, vals)
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals / colsum[cols],
-                                   (h * w, h * w), check_invariants=False).coalesce()
-
-
-def random_walk(cams: Tensor, affinity: Tensor, disps: Sequence[Displacement], *,
-                beta: float = 10.0, exp_times: int = 8) -> Tensor:
-    """Propagate ``cams`` ``(K, h, w)`` by the random walk ``x <- x T`` applied ``2^exp_times``
-    times (IRN squares ``T`` ``exp_times`` times; multiplying by the sparse ``T`` step by step
-    is the same product without the dense ``hw x hw`` matrix)."""
-    k, h, w = cams.shape
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        t_transposed = transition_matrix(affinity, disps, beta).t().to_sparse_csr()
-    x = cams.reshape(k, h * w).t().contiguous()                    # (hw, K): x^T
-    for _ in range(2 ** exp_times):
-        x = t_transposed @ x                                       # (x T)^T = T^T x^T
-    return x.t().reshape(k, h, w)
-
-
-def propagate_cams(cams: Tensor, boundary: Tensor, *, radius: int = 5, beta: float = 10.0,
-                   exp_times: int = 8) -> Tensor:
-    """IRN's ``propagate_to_edge``: CAMs ``(K, h, w)`` on the boundary grid, damped by
-    ``1 - boundary`` ``(h, w)``, walked ``2^exp_times`` steps over the affinities of pairs
-    within ``radius``."""
+    Args:
+        image: ``(3, H, W)`` normalised image; cams: ``(C, H, W)`` normalised CAMs of its
+            classes; keys: their label values.
+    Returns:
+        ``(H, W) uint8`` pseudo mask (0 background, ``keys``).
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        height, width = image.shape[-2:]
+        s = net.stride
+        pad_h, pad_w = -height % s, -width % s
+        features = net(F.pad(image[None], (0, pad_w, 0, pad_h)))[0]
+    finally:
+        net.train(was_training)
+    cams = cams.float()
+    fg_max = cams.amax(0, keepdim=True) if cams.shape[0] else torch.zeros(1, height, width)
+    full = torch.cat([(1 - fg_max) ** alpha, cams]).to(features.device, features.dtype)
+    full = F.pad(full, (0, pad_w, 0, pad_h))
+    small = F.avg_pool2d(full[None], s, s)[0]
+    if small.shape[-2:] != features.shape[-2:]:
+        small = F.interpolate(small[None], size=features.shape[-2:], mode="bilinear",
+                              align_corners=False)[0]
+    short = min(features.shape[-2:])
+    if short < 2 * radius + 1:  # psa: a radius that fits the grid
+        radius = max(2, (short - 1) // 2)
     disps = displacements(radius)
-    affinity = boundary_to_affinity(boundary, disps)
-    return random_walk(cams * (1 - boundary), affinity, disps, beta=beta, exp_times=exp_times)
+    walked = random_walk(small, pair_affinity(features[None], disps)[0], disps, beta=beta,
+                         exp_times=logt)
+    up = F.interpolate(walked[None], size=(height + pad_h, width + pad_w), mode="bilinear",
+                       align_corners=False)[0, :, :height, :width]
+    lookup = torch.tensor([0, *keys], dtype=torch.uint8)
+    return lookup[up.argmax(0).cpu()]
+
+
+# -------------------------------------------------------------------- the AffinityNet refiner
+
+AFFINITY_WEIGHTS = "affinitynet.safetensors"
+
+
+def _affinity_label_task(task: tuple) -> None:
+    from plda.data.labels import load_label_png, save_label_png
+
+    la_path, ha_path, out_path = task
+    save_label_png(out_path, affinity_labels(load_label_png(la_path), load_label_png(ha_path)))
+
+
+def build_affinity_net(cfg, num_classes: int) -> AffinityNet:
+    """AffinityNet on the stage-1 run's trained backbone (which trains on with it)."""
+    from plda.engine.seed import seeded
+    from plda.methods.build import load_stage1_model
+
+    backbone = load_stage1_model(cfg, num_classes).backbone
+    with seeded(cfg.refine.affinity.train.seed):
+        return AffinityNet(backbone)
+
+
+@REFINERS.register("affinity", description="psa's AffinityNet trained on the la/ha CRF seeds "
+                   "of the training split (<run_dir>/affinity/), then the walk of each "
+                   "image's CAMs")
+class AffinityRefiner(Refiner):
+    """psa / SEAM: "la" / "ha" CRF seeds -> AffinityNet -> random walk of the CAMs."""
+
+    needs_train_cams = True
+    folder = "affinity"
+    weights = AFFINITY_WEIGHTS
+    train_section = "affinity_train"
+    title = "AffinityNet"
+    sharded = True
+
+    def make_labels(self, *, workers=None) -> dict:
+        """psa's training labels: "la" / "ha" CRF seeds of the training split, then the label
+        (class from "la", background from "ha", 255 elsewhere) in ``affinity/labels/``."""
+        from plda.inference.seeds import write_seeds
+        from plda.runfolder import load_layout, run_dir
+        from plda.utils.parallel import map_in_workers
+
+        cfg = self.cfg
+        layout = load_layout(cfg, generate=False)
+        split = cfg.data.train_split
+        ids = layout.ids(split)
+        cams = run_dir(cfg) / "cams" / split
+        seeds = {name: self.out_dir() / name for name in ("la", "ha")}
+        for name, folder in seeds.items():
+            write_seeds(cams, folder, ids, None, crf=name, layout=layout, workers=workers)
+        tasks = [(str(seeds["la"] / f"{i}.png"), str(seeds["ha"] / f"{i}.png"), str(target))
+                 for i, target, _ in pending(cfg, split, ids, self.out_dir() / "labels")]
+        map_in_workers(_affinity_label_task, tasks, 1, desc="affinity labels")
+        return {"written": len(tasks), "skipped": len(ids) - len(tasks)}
+
+    def train(self, *, resume, dist) -> dict:
+        from plda.runfolder import load_layout
+
+        aff = self.cfg.refine.affinity
+        net = build_affinity_net(self.cfg, load_layout(self.cfg, generate=False).num_classes)
+        return train_refiner_net(self, AffinityNetModel(net, radius=aff.radius), net, aff,
+                                 self.out_dir() / "labels", resume=resume, dist=dist)
+
+    def setup(self, dist) -> None:
+        from plda.data.transforms import EvalTransform
+        from plda.errors import DataError
+        from plda.runfolder import load_layout
+        from plda.weights.io import load_state_dict_file
+
+        path = self.out_dir() / AFFINITY_WEIGHTS
+        if not path.is_file():
+            raise DataError(f"no trained AffinityNet at {path}: run 'plda refine affinity' "
+                            "first")
+        self._layout = load_layout(self.cfg, generate=False)
+        net = build_affinity_net(self.cfg, self._layout.num_classes)
+        net.load_state_dict(load_state_dict_file(path), strict=True)
+        self._net = net.to(dist.device, memory_format=torch.channels_last).eval()
+        self._device = dist.device
+        self._transform = EvalTransform(tuple(net.input_mean), tuple(net.input_std))
+
+    def mask(self, image_id, cam_path, image_path):
+        from plda.data.camfile import load_cams
+
+        aff = self.cfg.refine.affinity
+        cam_file = load_cams(cam_path)
+        image = self._transform(self._layout.load_image(image_id)).to(self._device)
+        cams = torch.from_numpy(np.asarray(cam_file.cams, np.float32))
+        return affinity_pseudo_mask(self._net, image, cams, list(cam_file.keys),
+                                    radius=aff.radius, alpha=aff.alpha, beta=aff.beta,
+                                    logt=aff.logt).numpy()

@@ -10,14 +10,17 @@ one boundary logit per pixel. The grid is that of the shallowest of these levels
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plda.refinement.affinity import (affinity_loss, boundary_to_affinity, displacements,
-                                      pair_labels, propagate_cams)
+from plda.refinement.base import Refiner, pending, train_refiner_net
+from plda.refinement.walk import (affinity_loss, boundary_to_affinity, displacements,
+                                  pair_labels, propagate_cams)
+from plda.registry import REFINERS
 
 def boundary_levels(backbone: nn.Module) -> list[str]:
     """Every level at output stride >= 4, shallow to deep (IRN uses all five ResNet stages)."""
@@ -157,3 +160,175 @@ def irn_pseudo_mask(cams: Tensor, keys: Sequence[int], boundary: Tensor, *, radi
         return torch.zeros(*cams.shape[-2:], dtype=torch.uint8)
     scores = irn_walk_scores(cams, boundary, radius=radius, beta=beta, exp_times=exp_times)
     return label_walked(scores, keys, bg_threshold)
+
+
+# ------------------------------------------------------------------------- the IRN refiner
+
+BOUNDARY_WEIGHTS = "boundary.safetensors"
+# IRN's seed threshold (cam_eval_thres), for which its relation and walk thresholds were set.
+IRN_SEED_THRESHOLD = 0.15
+_MAX_THRESHOLD = 0.95
+
+
+def irn_thresholds(cfg) -> dict[str, float]:
+    """IRN's confident-foreground, confident-background and walked-background thresholds:
+    ``refine.irn``'s values, or with ``relative_to_seeds`` those values moved with the run's
+    chosen seed threshold ``t``: ``v ** (ln t / ln 0.15)`` (``relative_rule: power``, the
+    monotone map of CAM values that sends ``t`` onto IRN's 0.15) or ``v * t / 0.15`` capped at
+    0.95 (``linear``)."""
+    import math
+
+    from plda.errors import DataError
+    from plda.runfolder import background_threshold
+
+    irn = cfg.refine.irn
+    values = {"fg": irn.fg_threshold, "bg": irn.bg_threshold, "walk_bg": irn.sem_seg_bg_threshold}
+    if not irn.relative_to_seeds:
+        return values
+    seed_threshold = background_threshold(cfg)
+    if not 0 < seed_threshold < 1:
+        raise DataError(f"refine.irn.relative_to_seeds needs a seed threshold in (0, 1), got "
+                        f"{seed_threshold}")
+    if irn.relative_rule == "linear":
+        ratio = seed_threshold / IRN_SEED_THRESHOLD
+        return {k: min(v * ratio, _MAX_THRESHOLD) for k, v in values.items()}
+    exponent = math.log(seed_threshold) / math.log(IRN_SEED_THRESHOLD)
+    return {k: v ** exponent for k, v in values.items()}
+
+
+def _relation_task(task: tuple) -> None:
+    """Worker: one training image's relation-label PNG from its CAM file."""
+    import numpy as np
+
+    from plda.data.camfile import load_cams
+    from plda.data.labels import save_label_png
+    from plda.inference.runtime import scaled_size
+    from plda.inference.seeds import load_image_for_cams
+    from plda.refinement.base import resize_image, resize_labels, resize_maps
+    from plda.refinement.relations import relation_labels
+
+    cam_path, image_path, out_path, fg, bg, crf, image_scale = task
+    cam_file = load_cams(cam_path)
+    cams = np.asarray(cam_file.cams, np.float32)
+    image = load_image_for_cams(image_path, cam_file, cam_path) if crf else None
+    size = cams.shape[1:]
+    if image_scale != 1.0:
+        small = scaled_size(*size, image_scale)
+        cams = resize_maps(cams, small)
+        image = None if image is None else resize_image(image, small)
+    labels = relation_labels(cams, list(cam_file.keys), image, fg_threshold=fg, bg_threshold=bg)
+    if labels.shape != size:  # nearest neighbour back to the image size the trainer expects
+        labels = resize_labels(labels, size)
+    save_label_png(out_path, labels)
+
+
+def build_boundary_net(cfg, num_classes: int) -> BoundaryNet:
+    """The boundary net on the stage-1 run's trained backbone (frozen)."""
+    from plda.engine.seed import seeded
+    from plda.methods.build import load_stage1_model
+
+    stage1 = load_stage1_model(cfg, num_classes)
+    with seeded(cfg.refine.irn.train.seed):
+        return BoundaryNet(stage1.backbone, width=cfg.refine.irn.width)
+
+
+def load_boundary_net(cfg, num_classes: int) -> BoundaryNet:
+    """The trained boundary net of a run (``irn/boundary.safetensors``), eval mode."""
+    from plda.errors import DataError
+    from plda.runfolder import run_dir
+    from plda.weights.io import load_state_dict_file
+
+    net = build_boundary_net(cfg, num_classes)
+    path = run_dir(cfg) / IRNRefiner.folder / BOUNDARY_WEIGHTS
+    if not path.is_file():
+        raise DataError(f"no trained boundary net at {path}: run 'plda refine irn' first")
+    net.load_state_dict(load_state_dict_file(path), strict=True)
+    return net.eval().to(memory_format=torch.channels_last)  # faster convolutions, same math
+
+
+def irn_boundary(cfg, net: BoundaryNet, image: Tensor) -> Tensor:
+    """The boundary map ``(h, w)`` (float, CPU) of a normalised image ``(3, H, W)``, computed
+    at ``refine.irn.image_scale`` (a smaller grid; the walked mask keeps the CAMs' size)."""
+    from plda.inference.runtime import scaled_size
+
+    scale = cfg.refine.irn.image_scale
+    if scale != 1.0:
+        size = scaled_size(*image.shape[-2:], scale)
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+    return boundary_map(net, image).float().cpu()
+
+
+@REFINERS.register("irn", description="IRN: relation labels of the training split from its "
+                   "CAMs (<run_dir>/irn/relations/), the boundary head trained on them on "
+                   "the frozen stage-1 backbone (<run_dir>/irn/), then each split's CAMs "
+                   "walked over the boundary affinities")
+class IRNRefiner(Refiner):
+    """IRN's boundary branch: relation labels -> boundary net -> random walk of the CAMs."""
+
+    needs_train_cams = True
+    folder = "irn"
+    weights = BOUNDARY_WEIGHTS
+    train_section = "irn_train"
+    title = "IRN boundary net"
+    sharded = True
+
+    def make_labels(self, *, workers=None) -> dict:
+        import time
+
+        from plda.inference.crf import require_pydensecrf
+        from plda.runfolder import load_layout
+        from plda.utils.parallel import map_in_workers
+
+        cfg, irn = self.cfg, self.cfg.refine.irn
+        if irn.crf:
+            require_pydensecrf()
+        layout = load_layout(cfg, generate=False)
+        split = cfg.data.train_split
+        ids = layout.ids(split)
+        thresholds = irn_thresholds(cfg)
+        tasks = [(str(cam_path), str(layout.image_path(image_id)), str(target),
+                  thresholds["fg"], thresholds["bg"], irn.crf, irn.image_scale)
+                 for image_id, target, cam_path in pending(cfg, split, ids,
+                                                           self.out_dir() / "relations")]
+        start = time.perf_counter()
+        workers = workers if workers is not None else (os.cpu_count() or 1)
+        map_in_workers(_relation_task, tasks, workers, desc="relation labels")
+        return {"written": len(tasks), "skipped": len(ids) - len(tasks),
+                "seconds": time.perf_counter() - start, "thresholds": thresholds}
+
+    def train(self, *, resume, dist) -> dict:
+        from plda.runfolder import load_layout
+
+        irn = self.cfg.refine.irn
+        net = build_boundary_net(self.cfg, load_layout(self.cfg, generate=False).num_classes)
+        return train_refiner_net(self, IRNModel(net, radius=irn.train_radius), net, irn,
+                                 self.out_dir() / "relations", resume=resume, dist=dist)
+
+    def pseudo_info(self) -> dict:
+        return {"irn_thresholds": self._thresholds}
+
+    def setup(self, dist) -> None:
+        from plda.data.transforms import EvalTransform
+        from plda.runfolder import load_layout
+
+        self._thresholds = irn_thresholds(self.cfg)  # reads the chosen seed threshold once
+        self._layout = load_layout(self.cfg, generate=False)
+        self._net = load_boundary_net(self.cfg, self._layout.num_classes).to(dist.device)
+        self._device = dist.device
+        self._transform = EvalTransform(tuple(self._net.input_mean),
+                                        tuple(self._net.input_std))
+
+    def mask(self, image_id, cam_path, image_path):
+        import numpy as np
+
+        from plda.data.camfile import load_cams
+
+        irn = self.cfg.refine.irn
+        cam_file = load_cams(cam_path)
+        image = self._transform(self._layout.load_image(image_id)).to(self._device)
+        cams = torch.from_numpy(np.asarray(cam_file.cams, np.float32))
+        return irn_pseudo_mask(cams, list(cam_file.keys),
+                               irn_boundary(self.cfg, self._net, image), radius=irn.radius,
+                               beta=irn.beta, exp_times=irn.exp_times,
+                               bg_threshold=self._thresholds["walk_bg"]).numpy()

@@ -2,7 +2,7 @@
 
 Confident foreground: the CAM beats a background score of ``fg_threshold`` (0.30); confident
 background: no CAM reaches ``bg_threshold`` (0.05); each map is cleaned by a label dense CRF
-(:func:`plda.refinement.crf.crf_from_labels`); everything in between is ignored (255).
+(:func:`plda.inference.crf.crf_from_labels`); everything in between is ignored (255).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _confident(cams: np.ndarray, keys: np.ndarray, background: float, image: np.
     scores = np.concatenate([np.full((1, *cams.shape[1:]), background, cams.dtype), cams])
     index = scores.argmax(0)
     if image is not None:
-        from plda.refinement.crf import crf_from_labels
+        from plda.inference.crf import crf_from_labels
 
         index = crf_from_labels(image, index, len(keys))
     return keys[index]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from plda.errors import ConfigError, DataError
-from plda.report.rundata import LABEL_STAGES, RunData
+from plda.report.rundata import RunData, label_stages
 
 THUMB_SIDE = 160
 
@@ -52,7 +52,7 @@ def choose_split(run: RunData, requested: str | None) -> str | None:
     """``requested`` (checked), else ``val`` when it has label maps, else the first split that
     has; ``None`` when no split has any."""
     with_maps = [s for s in run.splits()
-                 if any(run.label_dir(folder, s) is not None for _, folder, _ in LABEL_STAGES)]
+                 if any(run.label_dir(folder, s) is not None for _, folder, _ in label_stages())]
     with_any = with_maps + [s for s in run.splits() if s not in with_maps
                             and run.cam_dir(s) is not None]
     if requested is not None:
@@ -86,7 +86,7 @@ def thumb_size(height: int, width: int, side: int = THUMB_SIDE) -> tuple[int, in
 def label_thumb(label: np.ndarray, size: tuple[int, int], palette=None) -> str:
     from PIL import Image
 
-    from plda.vis.palette import colorize
+    from plda.data.labels import colorize
 
     # Nearest keeps label colours exact: no blended colour that means no class.
     return _data_uri(Image.fromarray(colorize(label, palette)).resize(size, Image.NEAREST),
@@ -121,7 +121,7 @@ def image_miou(pred: np.ndarray, gt: np.ndarray, class_names: list[str]) -> floa
 
 
 def _load_label(path: Path) -> np.ndarray:
-    from plda.vis.palette import load_label_png
+    from plda.data.labels import load_label_png
 
     return load_label_png(path)
 
@@ -221,7 +221,7 @@ def build_gallery(run: RunData, split: str | None, size: int) -> Gallery | None:
     two groups never share an image), or its first ``size`` images when it cannot be ranked."""
     if split is None or size <= 0:
         return None
-    outputs = [(folder, title) for _, folder, title in LABEL_STAGES
+    outputs = [(folder, title) for _, folder, title in label_stages()
                if run.label_dir(folder, split) is not None]
     show_cams = run.cam_dir(split) is not None
     class_names = run.class_names

@@ -14,8 +14,8 @@ from typing import Any
 
 from plda.errors import ConfigError
 from plda.report.gallery import Gallery, GalleryRow, build_gallery, choose_split
-from plda.report.rundata import (KNOWN_SECTIONS, LABEL_STAGES, TRAIN_STAGES, RunData, TrainLog,
-                                 load_run, split_entries, train_logs)
+from plda.report.rundata import (RunData, TrainLog, known_sections, label_stages, load_run,
+                                 split_entries, train_logs, train_stages)
 from plda.report.svg import SERIES_COLOURS, grouped_hbar_chart, line_chart
 
 REPORT_NAME = "report.html"
@@ -124,7 +124,7 @@ def _stage_status(run: RunData) -> list[tuple[str, bool]]:
     m = run.metrics
     status = [("stage-1 training", "train" in m or (run.root / "logs" / "train.jsonl").is_file()),
               ("CAMs", any(run.cam_dir(s) for s in run.splits()))]
-    for section, folder, title in LABEL_STAGES:
+    for section, folder, title in label_stages():
         status.append((title, section in m or any(run.label_dir(folder, s)
                                                   for s in run.splits())))
         if section == "seeds":
@@ -162,7 +162,7 @@ def _summary(run: RunData) -> str:
                    " (none: nothing is scored)")))
     rows.append(("run folder", str(run.root.resolve())))
     timing: list[tuple[str, str]] = []
-    for section, _, title in TRAIN_STAGES:
+    for section, _, title in train_stages():
         entry = run.metrics.get(section)
         if isinstance(entry, dict):
             steps = entry.get("steps")
@@ -175,7 +175,7 @@ def _summary(run: RunData) -> str:
             if isinstance(loss, (int, float)):
                 what += f", final loss {loss:.4g}"
             timing.append((title, f"{_fmt_seconds(entry.get('wall_time_s'))} · {what}"))
-    for section, _, title in LABEL_STAGES:
+    for section, _, title in label_stages():
         for split, entry in split_entries(run.metrics.get(section)).items():
             seconds = entry.get("seconds", entry.get("wall_time_s"))
             if isinstance(seconds, (int, float)):
@@ -199,10 +199,10 @@ def _summary(run: RunData) -> str:
 
 def _metric_table(run: RunData) -> str:
     splits = [s for s in run.splits()
-              if any(s in split_entries(run.metrics.get(sec)) for sec, _, _ in LABEL_STAGES)]
+              if any(s in split_entries(run.metrics.get(sec)) for sec, _, _ in label_stages())]
     head = "".join(f'<th class="num">{escape(s)}</th>' for s in splits)
     rows = []
-    for section, _, title in LABEL_STAGES:
+    for section, _, title in label_stages():
         data = run.metrics.get(section)
         entries = split_entries(data)
         detail = ""
@@ -312,7 +312,7 @@ def _per_class_columns(run: RunData) -> list[tuple[str, str, dict]]:
     """``(stage title, split, entry)`` of every scored stage and split, in pipeline order."""
     cols = []
     for split in run.splits():
-        for section, _, title in LABEL_STAGES:
+        for section, _, title in label_stages():
             entry = split_entries(run.metrics.get(section)).get(split)
             if entry is not None and isinstance(entry.get("iou"), dict):
                 cols.append((title, split, entry))
@@ -445,7 +445,7 @@ def _loss_curves(logs: list[TrainLog]) -> str:
 def _legend(row: GalleryRow, class_names: list[str] | None) -> str:
     if not row.classes:
         return ""
-    from plda.vis.palette import palette_for
+    from plda.data.labels import palette_for
 
     pal = palette_for(class_names)
     chips = []
@@ -506,7 +506,7 @@ def _gallery(run: RunData, gallery: Gallery | None, requested_size: int) -> str:
 
 
 def _other_sections(run: RunData) -> str:
-    others = [k for k in run.metrics if k not in KNOWN_SECTIONS and k != "pipeline"]
+    others = [k for k in run.metrics if k not in known_sections() and k != "pipeline"]
     if not others:
         return ""
     parts = ['<section id="other"><h2>Other recorded metrics</h2>']

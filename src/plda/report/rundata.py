@@ -16,20 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from plda.errors import DataError
+from plda.runfolder import STAGES, stage_files
 
-# (metrics section, folder of label PNGs, title): the label-map stages, least refined first.
-LABEL_STAGES = (("seeds", "seeds", "CAM seeds"),
-                ("pseudo", "pseudo", "pseudo masks"),
-                ("seg", "seg", "segmentation"))
-# (metrics section, training-log folder, title): the stages that train a network.
-TRAIN_STAGES = (("train", ".", "stage 1 (classifier)"),
-                ("irn_train", "irn", "IRN boundary net"),
-                ("affinity_train", "affinity", "AffinityNet"),
-                ("seg_train", "deeplab", "segmentation net (stage 2)"))
-# Sections the page shows in their own places ("data": the summary; "classification": the
-# scores section).
-KNOWN_SECTIONS = ({s for s, _, _ in LABEL_STAGES} | {s for s, _, _ in TRAIN_STAGES}
-                  | {"data", "classification", "cam"})
+
+def label_stages() -> tuple[tuple[str, str, str], ...]:
+    """(metrics section, folder of label PNGs, title): the label-map stages, least refined
+    first, as the run folder's stage records declare them."""
+    return tuple((files.metrics[0], files.labels, files.title)
+                 for files in map(stage_files, STAGES) if files.labels)
+
+
+def train_stages() -> tuple[tuple[str, str, str], ...]:
+    """(metrics section, training-log folder, title): every network a stage trains."""
+    return tuple(log for stage in STAGES for log in stage_files(stage).logs)
+
+
+def known_sections() -> set[str]:
+    """Sections the page shows in their own places ("data": the summary; "classification": the
+    scores section)."""
+    return ({s for s, _, _ in label_stages()} | {s for s, _, _ in train_stages()}
+            | {"data", "classification", "cam"})
+
+
 # Log-record keys that are bookkeeping, not loss terms.
 NON_LOSS_KEYS = frozenset({"step", "epoch", "lr", "images_per_s", "wall_time_s", "event"})
 
@@ -64,7 +72,7 @@ class RunData:
         table in ``metrics.json``."""
         if self.layout is not None:
             return list(self.layout.class_names)
-        for section, _, _ in LABEL_STAGES:
+        for section, _, _ in label_stages():
             for entry in split_entries(self.metrics.get(section)).values():
                 if isinstance(entry.get("iou"), dict):
                     return list(entry["iou"])
@@ -73,7 +81,7 @@ class RunData:
     @property
     def palette(self):
         """The colours of the label maps on the page: the dataset's (``palette_for``)."""
-        from plda.vis.palette import palette_for
+        from plda.data.labels import palette_for
 
         return palette_for(self.class_names)
 
@@ -118,7 +126,7 @@ class RunData:
             base = self.root / folder
             if base.is_dir():
                 extra |= {p.name for p in base.iterdir() if p.is_dir()}
-        for section, _, _ in LABEL_STAGES:
+        for section, _, _ in label_stages():
             extra |= set(split_entries(self.metrics.get(section)))
         return found + sorted(extra - set(found))
 
@@ -243,7 +251,7 @@ def train_logs(run: RunData) -> list[TrainLog]:
     """The training logs of the known stages, then any other ``<folder>/logs/train.jsonl``."""
     found: list[TrainLog] = []
     seen: set[Path] = set()
-    for _, folder, title in TRAIN_STAGES:
+    for _, folder, title in train_stages():
         path = run.root / folder / "logs" / "train.jsonl"
         if path.is_file():
             found.append(read_train_log(path, title))

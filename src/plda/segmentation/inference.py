@@ -11,7 +11,7 @@ each view's vote bounded, which is what the optional dense CRF expects as its un
 
 The CRF parameters are deeplab-pytorch's VOC ones (the segmentation code SEAM points to):
 10 iterations, Gaussian kernel sxy 1 / weight 3, bilateral kernel sxy 67 / srgb 3 / weight 4 —
-not the CAM-refinement ones of :mod:`plda.refinement.crf`, which smooth much more.
+not the CAM-refinement ones of :mod:`plda.inference.crf`, which smooth much more.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from plda.inference.runtime import (autocast, eval_mode, input_stats, resize_ima
                                     working_size)
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-# deeplab-pytorch configs/voc12.yaml CRF section, in plda.refinement.crf.dense_crf's names.
+# deeplab-pytorch configs/voc12.yaml CRF section, in plda.inference.crf.dense_crf's names.
 SEG_CRF_PARAMS: dict[str, float] = {
     "iterations": 10, "gaussian_sxy": 1, "gaussian_compat": 3,
     "bilateral_sxy": 67, "bilateral_srgb": 3, "bilateral_compat": 4,
@@ -133,7 +133,7 @@ def labels_from_probs(probs: Tensor, image: np.ndarray | None = None, crf: bool 
         raise ConfigError(f"{probs.shape[0]} classes do not fit a uint8 label map (at most 256)")
     if not crf:
         return probs.argmax(0).to(torch.uint8).cpu().numpy()
-    from plda.refinement.crf import dense_crf
+    from plda.inference.crf import dense_crf
 
     if image is None:
         raise ConfigError("the dense CRF needs the image the probabilities belong to")

@@ -49,9 +49,14 @@ WEIGHTS_VERSION = "1"
 SEG_DIR = "deeplab"
 SEG_WEIGHTS = "segmentation.safetensors"
 
-# The stride-4 level each backbone offers the decoders.
-LOW_LEVELS = {"resnet38": "conv3", "resnet50": "layer1", "resnet101": "layer1",
-              "efficientnet_lite0": "stage2"}
+
+
+def low_level(backbone: str) -> str | None:
+    """The stride-4 level backbone ``backbone`` offers the decoders: its registry entry's
+    ``low_level`` (``plda.registry.BACKBONES``), or None when it names none."""
+    from plda.registry import BACKBONES
+
+    return BACKBONES.get(backbone).meta.get("low_level")
 
 
 def _rates(rates: tuple[int, ...], published_stride: int, output_stride: int) -> tuple[int, ...]:
@@ -263,20 +268,24 @@ class SegmentationNet(nn.Module):
 def build_segmentation_net(arch: str, backbone: str, num_classes: int, *, output_stride: int = 8,
                            pretrained: str | None = None, frozen_bn: bool = True
                            ) -> SegmentationNet:
-    """The ``arch`` head on backbone ``backbone`` (``plda.models.backbones.BACKBONES``) with
+    """The ``arch`` head on backbone ``backbone`` (registered in ``plda.registry.BACKBONES``) with
     ``pretrained`` ImageNet weights (a file or a special name, see ``build_backbone``).
     ``frozen_bn`` keeps the backbone's BatchNorm statistics and affine parameters fixed (as the
     reference); the head's BatchNorm always trains."""
-    from plda.models.backbones import BACKBONES, build_backbone
+    from plda.models.backbones import build_backbone
+    from plda.registry import BACKBONES
 
     if arch not in ARCHS:
         raise ConfigError(f"seg.model.arch={arch!r}: unknown; expected one of {list(ARCHS)}")
     if backbone not in BACKBONES:
         raise ConfigError(f"seg.model.backbone={backbone!r}: unknown; expected one of "
                           f"{list(BACKBONES)}")
-    if arch in DECODER_ARCHS and backbone not in LOW_LEVELS:
+    decoder_level = low_level(backbone)
+    if arch in DECODER_ARCHS and decoder_level is None:
+        with_level = [b for b in BACKBONES if low_level(b)]
         raise ConfigError(f"seg.model.arch={arch} needs a stride-4 level; backbone "
-                          f"{backbone!r} has none known, expected one of {sorted(LOW_LEVELS)}")
+                          f"{backbone!r} registers none (low_level=...), expected one of "
+                          f"{with_level}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes={num_classes!r}: expected at least 2 (background and "
                           "one class)")
@@ -285,7 +294,7 @@ def build_segmentation_net(arch: str, backbone: str, num_classes: int, *, output
     net = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride,
                          frozen_bn=frozen_bn)
     channels = net.channels[net.final_level]
-    low_level = None
+    level = None
     if arch == "deeplab_v2":
         head: nn.Module = ASPPv2(channels, num_classes, _rates((6, 12, 18, 24), 8, output_stride))
     elif arch == "deeplab_v1_largefov":
@@ -293,15 +302,15 @@ def build_segmentation_net(arch: str, backbone: str, num_classes: int, *, output
     elif arch == "deeplab_lite":
         head = LiteHead(channels, num_classes, _rates((6, 12), 16, output_stride))
     elif arch == "deeplab_lite_plus":
-        low_level = LOW_LEVELS[backbone]
-        head = LitePlusHead(channels, net.channels[low_level], num_classes,
+        level = decoder_level
+        head = LitePlusHead(channels, net.channels[level], num_classes,
                             _rates((6, 12), 16, output_stride))
     else:
-        low_level = LOW_LEVELS[backbone]
-        head = V3PlusHead(channels, net.channels[low_level], num_classes,
+        level = decoder_level
+        head = V3PlusHead(channels, net.channels[level], num_classes,
                           _rates((6, 12, 18), 16, output_stride))
     return SegmentationNet(net, head, arch=arch, backbone_name=backbone, num_classes=num_classes,
-                           output_stride=output_stride, low_level=low_level)
+                           output_stride=output_stride, low_level=level)
 
 
 # ---- weights file ------------------------------------------------------------------------------
@@ -410,6 +419,6 @@ def load_segmentation_net(path: str | os.PathLike, device: torch.device | str | 
     return net.eval().to(memory_format=torch.channels_last), meta
 
 
-__all__ = ["ARCHS", "LOW_LEVELS", "SEG_DIR", "SEG_WEIGHTS", "WEIGHTS_FORMAT", "SegmentationNet",
+__all__ = ["ARCHS", "low_level", "SEG_DIR", "SEG_WEIGHTS", "WEIGHTS_FORMAT", "SegmentationNet",
            "build_segmentation_net", "load_segmentation_net", "read_segmentation_metadata",
            "resolve_weights_path", "save_segmentation_net"]

@@ -7,12 +7,15 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
 from plda.errors import DataError
-from plda.utils.progress import progress_bar
+from plda.utils.progress import progress, progress_bar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Below this many images a pool costs more than it saves.
 MIN_IMAGES_FOR_POOL = 32
@@ -65,3 +68,26 @@ def map_sum(fn: Callable[..., tuple[np.ndarray, list]], ids: Sequence[str], args
 def _in_order(skipped: list[tuple[str, str]], ids: Sequence[str]) -> list[tuple[str, str]]:
     position = {image_id: i for i, image_id in enumerate(ids)}
     return sorted(skipped, key=lambda item: position[item[0]])
+
+
+def map_in_workers(fn: Callable[[T], R], items: Iterable[T], workers: int, *, desc: str = "",
+                   unit: str = "img", mp_context: str = "spawn") -> list[R]:
+    """``[fn(x) for x in items]`` over ``workers`` processes, in order, with a progress bar.
+
+    ``workers <= 1`` runs in this process. ``fn`` and the items must be picklable (``fn`` a
+    module-level function). Workers start with ``spawn`` by default: forking a process whose
+    torch/OpenMP thread pools are already running can deadlock the children.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in progress(items, total=len(items), desc=desc, unit=unit)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context(mp_context)
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx) as pool:
+        try:
+            return list(progress(pool.map(fn, items), total=len(items), desc=desc, unit=unit))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

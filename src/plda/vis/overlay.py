@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from plda.utils.io import atomic_save_image
-from plda.vis.palette import colorize
+from plda.data.labels import colorize
 
 _BACKGROUND = (255, 255, 255)
 _TEXT = (0, 0, 0)

@@ -1,5 +1,7 @@
 """Backbones: ResNet-38d (SEAM/PSA), torchvision ResNet-50/101 and EfficientNet-Lite0, all
-returning a dict of named feature levels (see ``Backbone``)."""
+returning a dict of named feature levels (see ``Backbone``). Each registers its name in
+``plda.registry.BACKBONES`` where it is defined; a module added to this package registers its
+own the same way (and one outside it, through a config's ``imports``)."""
 
 from __future__ import annotations
 
@@ -14,31 +16,24 @@ from plda.models.backbones.efficientnet_lite import (
 from plda.models.backbones.resnet import TorchvisionResNet
 from plda.models.backbones.resnet38 import ResNet38
 
-BACKBONES: tuple[str, ...] = ("resnet38", "resnet50", "resnet101", "efficientnet_lite0")
-
-__all__ = ["BACKBONES", "Backbone", "LoadReport", "build_backbone", "ResNet38",
+__all__ = ["Backbone", "LoadReport", "build_backbone", "ResNet38",
            "TorchvisionResNet", "EfficientNetLite0", "EfficientNetLite0Classifier",
            "IMAGENET_MEAN", "IMAGENET_STD", "EFFNET_LITE_MEAN", "EFFNET_LITE_STD"]
 
 
 def build_backbone(name: str, *, pretrained: str | None = None, output_stride: int = 8,
                    frozen_bn: bool = True, **kwargs) -> Backbone:
-    """Build backbone ``name`` (one of ``BACKBONES``) and load ``pretrained`` weights: a file
+    """Build backbone ``name`` (registered in ``plda.registry.BACKBONES``) and load ``pretrained`` weights: a file
     (.safetensors, weights-only .pth, MXNet .params for resnet38) or a special name
     ("imagenet" for efficientnet_lite0; "torchvision" / "torchvision:IMAGENET1K_V2" for the
     ResNets). ``kwargs``: ``frozen_layers`` (module names kept frozen; default per backbone)."""
     unknown = sorted(set(kwargs) - {"frozen_layers"})
     if unknown:
         raise ConfigError(f"unknown backbone option(s) {unknown}; expected frozen_layers")
-    options = dict(output_stride=output_stride, frozen_bn=frozen_bn, **kwargs)
-    if name == "resnet38":
-        backbone: Backbone = ResNet38(**options)
-    elif name in ("resnet50", "resnet101"):
-        backbone = TorchvisionResNet(int(name[6:]), **options)
-    elif name == "efficientnet_lite0":
-        backbone = EfficientNetLite0(**options)
-    else:
-        raise ConfigError(f"unknown backbone {name!r}; expected one of {list(BACKBONES)}")
+    from plda.registry import BACKBONES
+
+    backbone: Backbone = BACKBONES.build(name, output_stride=output_stride, frozen_bn=frozen_bn,
+                                         **kwargs)
     if pretrained:
         backbone.load_pretrained(pretrained)
     return backbone

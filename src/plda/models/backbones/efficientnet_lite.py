@@ -16,6 +16,7 @@ from plda.errors import ConfigError, PldaError
 from plda.models.backbones.base import Backbone
 from plda.models.layers import (conv_frozen_bn, dilated_depthwise_conv2d,
                                 use_fast_dilated_depthwise)
+from plda.registry import BACKBONES
 
 # 0-255 RGB preprocessing of the original TF-Lite model: (x - 127) / 128.
 EFFNET_LITE_MEAN = (127.0, 127.0, 127.0)
@@ -177,6 +178,7 @@ def package_state_dict() -> dict[str, Tensor]:
         return load_state_dict_file(file)
 
 
+@BACKBONES.register("efficientnet_lite0", low_level="stage2")
 class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 backbone (no classifier). Levels ``stem`` (32 ch, /2), ``stage1`` (16,
     /2), ``stage2`` (24, /4), ``stage3`` (40, /8), ``stage4`` (80), ``stage5`` (112), ``stage6``

@@ -10,10 +10,13 @@ from torch import Tensor
 
 from plda.errors import ConfigError, PldaError
 from plda.models.backbones.base import Backbone
+from plda.registry import BACKBONES
 
 _DILATE = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}
 
 
+@BACKBONES.register("resnet101", kwargs={"depth": 101}, low_level="layer1")
+@BACKBONES.register("resnet50", kwargs={"depth": 50}, low_level="layer1")
 class TorchvisionResNet(Backbone):
     """Levels ``stem`` (64 ch, /4, after max-pool), ``layer1`` (256, /4), ``layer2`` (512, /8),
     ``layer3`` (1024) and ``layer4`` (2048) at the output stride; CAMs come from ``layer4``."""

@@ -19,6 +19,7 @@ from plda.errors import ConfigError
 from plda.models.backbones.base import Backbone
 from plda.models.joint_conv import joint_conv2d
 from plda.weights.convert import ConvertReport, convert_resnet38, resnet38_name_map
+from plda.registry import BACKBONES
 from plda.weights.mxnet import strip_name
 
 
@@ -98,6 +99,7 @@ class ResBlockBottleneck(nn.Module):
         return [(s + b, p) for s, b, p in zip(shortcut, branch2, pre)]
 
 
+@BACKBONES.register("resnet38", low_level="conv3")
 class ResNet38(Backbone):
     """ResNet-38d: levels ``conv3`` (256 ch, /4), ``conv4`` (512, /8), ``conv5`` (1024, /8) and
     ``conv6`` = ReLU(bn7(b7)) (4096, /8), named as SEAM's ``forward_as_dict``."""
