@@ -9,7 +9,6 @@ from torch import nn
 
 from plda.errors import ConfigError, PldaError, WeightsError
 from plda.models.backbones import (
-    BACKBONES,
     EFFNET_LITE_MEAN,
     EFFNET_LITE_STD,
     EfficientNetLite0,
@@ -18,6 +17,7 @@ from plda.models.backbones import (
 )
 from plda.models.backbones.efficientnet_lite import Conv2dSame, tf_same_padding
 from plda.models.backbones.resnet38 import convert_mxnet_names
+from plda.registry import BACKBONES
 from plda.weights.io import save_state_dict_file
 
 
@@ -63,7 +63,11 @@ def _mxnet_name(key: str) -> str:
 
 
 def test_registry_names():
-    assert BACKBONES == ("resnet38", "resnet50", "resnet101", "efficientnet_lite0")
+    assert {"resnet38", "resnet50", "resnet101", "efficientnet_lite0"} <= set(BACKBONES)
+    assert BACKBONES.get("resnet101").kwargs == {"depth": 101}
+    assert BACKBONES.get("efficientnet_lite0").meta["low_level"] == "stage2"
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet5'.*resnet50"):
+        build_backbone("resnet5")
 
 
 def test_resnet38_parameter_count_and_levels(resnet38):
