@@ -3,10 +3,10 @@
 (``dilated_depthwise_conv2d``, ``--switch dilated``, the default) or frozen BatchNorm folded into
 the convolutions (``conv_frozen_bn``, ``--switch fold``).
 
-    python benchmarks/backbone_speed.py
-    python benchmarks/backbone_speed.py --crops 96 --configs efficientnet_lite0:8 --threads 1
-    python benchmarks/backbone_speed.py --switch fold --configs efficientnet_lite0:32 --crops 224
-    python benchmarks/backbone_speed.py --switch fold --mode infer --batch 2 \
+    python -m benchmarks.backbone_speed
+    python -m benchmarks.backbone_speed --crops 96 --configs efficientnet_lite0:8 --threads 1
+    python -m benchmarks.backbone_speed --switch fold --configs efficientnet_lite0:32 --crops 224
+    python -m benchmarks.backbone_speed --switch fold --mode infer --batch 2 \
         --crops 500x375 --configs efficientnet_lite0:32
 
 A pass is what training does with the backbone: train mode (default frozen layers and BN),
@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+
+from benchmarks.table import print_table
 
 DEFAULT_CONFIGS = "efficientnet_lite0:8,efficientnet_lite0:16,efficientnet_lite0:32,resnet50:8"
 SWITCHES = {"dilated": "FAST_DILATED_DEPTHWISE", "fold": "FOLD_FROZEN_BN"}
@@ -97,8 +99,7 @@ def main(argv=None) -> int:
     what = "forward+backward" if args.mode == "train" else "no-grad eval forward"
     print(f"switch {args.switch}, batch {args.batch}, {torch.get_num_threads()} threads, median "
           f"of {args.repeat} passes after {args.warmup} warm-up; seconds per {what}, wall / CPU")
-    print(f"{'backbone':20s} {'OS':>3s} {'crop':>7s} {'off':>15s} {'on':>15s} "
-          f"{'speed-up':>15s}")
+    rows = []
     for config in args.configs.split(","):
         name, output_stride = config.split(":")
         for crop in args.crops.split(","):
@@ -106,9 +107,10 @@ def main(argv=None) -> int:
                             args.warmup, args.switch, args.mode)
             off, on = ([statistics.median(column) for column in zip(*times[fast])]
                        for fast in (False, True))
-            print(f"{name:20s} {output_stride:>3s} {crop:>7s} {off[0]:7.2f}/{off[1]:7.2f} "
-                  f"{on[0]:7.2f}/{on[1]:7.2f} {off[0] / on[0]:6.2f}x/{off[1] / on[1]:6.2f}x",
-                  flush=True)
+            rows.append((name, int(output_stride), crop, f"{off[0]:.2f}/{off[1]:.2f}",
+                         f"{on[0]:.2f}/{on[1]:.2f}",
+                         f"{off[0] / on[0]:.2f}x/{off[1] / on[1]:.2f}x"))
+    print_table(["backbone", "OS", "crop", "off", "on", "speed-up"], rows)
     return 0
 
 

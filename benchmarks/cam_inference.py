@@ -1,7 +1,7 @@
 """Seconds per image of multi-scale + flip CAM inference and its peak memory: fp32 and bf16 side
 by side, and the published model run the way SEAM's ``infer_SEAM.py`` runs it, back to back.
 
-    python benchmarks/cam_inference.py --backbone resnet38 --method seam_plda --size 500x375 \
+    python -m benchmarks.cam_inference --backbone resnet38 --method seam_plda --size 500x375 \
         --amp none,bf16 --reference PATH_TO_usr922_plda [--json out.json]
 
 Each variant runs in a fresh subprocess: the model is built (random weights), the peak-RSS mark
@@ -24,14 +24,14 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import published_code  # noqa: E402  (this folder's helper)
+from benchmarks import published_code
+from benchmarks.common import module_command, run_worker
+from benchmarks.table import print_table
+from plda.registry import BACKBONES, METHODS
 CLASSES = 20
 
 
@@ -159,19 +159,10 @@ def reference_worker(args) -> dict:
     return row
 
 
-def _run(cmd: list[str], what: str) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"benchmark variant {what} failed (exit {out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet38",
-                        choices=["resnet38", "efficientnet_lite0", "resnet50", "resnet101"])
-    parser.add_argument("--method", default="seam_plda", choices=["cam", "seam", "cam_plda", "seam_plda"])
+    parser.add_argument("--backbone", default="resnet38", choices=BACKBONES)
+    parser.add_argument("--method", default="seam_plda", choices=METHODS)
     parser.add_argument("--size", type=_parse_size, default=(500, 375), help="WIDTHxHEIGHT")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--amp", default="none,bf16", help="comma list of none,bf16,fp16")
@@ -207,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
               "--scales", *[str(s) for s in args.scales]]
     reference = None
     if args.reference:
-        reference = _run([sys.executable, __file__, "--worker", "reference", "--reference",
-                          args.reference, *common], "published code")
-    rows = [_run([sys.executable, __file__, "--worker", "ours", "--one-amp", amp,
-                  "--flip-batch", fb, "--layout", layout, *common],
-                 f"amp={amp} flip-batch={fb} layout={layout}")
+        reference = run_worker(module_command("cam_inference", "--worker", "reference",
+                                              "--reference", args.reference, *common),
+                               published_code.worker_env(args.reference), "published code")
+    rows = [run_worker(module_command("cam_inference", "--worker", "ours", "--one-amp", amp,
+                                      "--flip-batch", fb, "--layout", layout, *common),
+                       None, f"amp={amp} flip-batch={fb} layout={layout}")
             for amp in args.amp.split(",") for layout in args.layout.split(",")
             for fb in args.flip_batch.split(",")]
     print(f"{dt.date.today()} | torch {torch.__version__} | {platform.machine()}")
@@ -220,20 +212,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.scales} + flip, {args.threads} threads, median of {args.repeat} after "
           f"{args.warmup} warm-up")
     mem = "cuda_peak_mib" if args.device.startswith("cuda") else "peak_rss_mib"
-    header = (f"{'code':9s} {'amp':>10s} {'layout':>6s} {'flips batched':>13s} {'s/image':>8s} "
-              f"{'peak MiB':>9s}")
-    if reference:
-        header += published_code.RATIO_HEADER
-    print(header)
+    table = []
     for r in ([reference] if reference else []) + rows:
         amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
-        line = (f"{r['code']:9s} {amp:>10s} {r['layout']:>6s} "
-                f"{'yes' if r['flip_batch'] else 'no':>13s} "
-                f"{r['seconds_per_image']:8.3f} {r[mem]:9.0f}")
+        cells = [r["code"], amp, r["layout"], "yes" if r["flip_batch"] else "no",
+                 r["seconds_per_image"], r[mem]]
         if reference:
-            line += published_code.ratio_cells(r, reference, "seconds_per_image",
-                                               "peak_rss_mib")
-        print(line)
+            cells += published_code.ratios(r, reference, "seconds_per_image", "peak_rss_mib")
+        table.append(cells)
+    print_table(["code", "amp", "layout", "flips batched", "s/image", "peak MiB",
+                 *(published_code.RATIO_COLUMNS if reference else ())], table,
+                {"s/image": ".3f", "peak MiB": ".0f", **published_code.RATIO_FORMATS})
     if args.json:
         from plda.utils.io import atomic_write_json
 

@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-METHODS = ("cam", "seam", "seam_plda")
+from benchmarks.common import ROOT, commit
+from benchmarks.table import print_table
+
 PRECISIONS = ("none", "bf16", "fp16")
 
 
@@ -95,11 +95,7 @@ def versions(device: str) -> dict:
     from plda.models.fastpath import cpu_features
 
     info["cpu"] = cpu_features()
-    try:
-        info["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                        capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["commit"] = None
+    info["commit"] = commit()
     return info
 
 
@@ -172,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        [str(ROOT / "src"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     rows: list[dict] = []
 
     def row(check: str, setting: str, status: str, seconds: float | None = None,
@@ -201,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shape = ["--backbone", backbone, "--output-stride", "8", "--crop", "448", "--batch", "8",
                  "--steps", "3", "--warmup", "2"]
-    for method in METHODS:
+    from plda.registry import METHODS
+
+    for method in METHODS.names():  # every registered stage-1 method
         for amp in PRECISIONS:
             setting = f"{method} {amp if amp != 'none' else 'fp32'}" + \
                 (" +scaler" if amp == "fp16" else "")
@@ -209,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 row("train step", setting, "skipped", detail="budget spent")
                 continue
             result, err, _ = _run_json(
-                [py, str(HERE / "train_step.py"), "--worker", "--method", method, "--amp", amp,
+                [py, "-m", "benchmarks.train_step", "--worker", "--method", method, "--amp", amp,
                  "--device", device, "--conv-path", "auto", "--channels-last", "auto",
                  "--step-in-backward", "on", "--classes", "20", *shape],
                 min(budget.left(), 240), env, out / f"train_{method}_{amp}.log")
@@ -230,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         row("torchrun ddp", "nproc 1", "FAIL", detail="torchrun not found")
     else:
         result, err, seconds = _run_json(
-            [torchrun, "--standalone", "--nproc_per_node=1", str(HERE / "device_check.py"),
+            [torchrun, "--standalone", "--nproc_per_node=1", "-m", "benchmarks.device_check",
              "--ddp-probe", "--device", device], min(budget.left(), 120), env,
             out / "ddp.log")
         if result is None:
@@ -250,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             row("cam inference", setting, "skipped", detail="budget spent")
             continue
         result, err, _ = _run_json(
-            [py, str(HERE / "cam_inference.py"), "--worker", "ours", "--one-amp", amp,
+            [py, "-m", "benchmarks.cam_inference", "--worker", "ours", "--one-amp", amp,
              "--flip-batch", "auto", "--backbone", backbone, "--method", "seam_plda",
              "--size", size, "--repeat", "1" if args.cpu else "5", "--warmup", "1",
              "--device", device, "--threads", str(os.cpu_count() or 1), "--scales", *scales],
@@ -275,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs = "2" if args.cpu else "8"
         workers = "1" if args.cpu else str(min(8, os.cpu_count() or 1))
         real = out / "real"
-        cmd = [py, str(HERE / "voc12subset.py"), "--out", str(real), "--data", str(args.data),
+        cmd = [py, "-m", "benchmarks.voc12subset", "--out", str(real), "--data", str(args.data),
                "--methods", "cam,seam_plda", "--refine", "none", "--no-label-free",
                f"train.epochs={epochs}", f"train.num_workers={workers}"]
         t0 = time.monotonic()
@@ -305,12 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device_check {info['date']} commit {info['commit']} | {ver} | {where}")
     print(f"train steps and CAM inference: {backbone}, random init; train "
           f"{' '.join(shape[2:8])}")
-    print(f"{'check':14s} {'setting':28s} {'status':8s} {'seconds':>9s} {'peak MB':>9s}  detail")
-    for r in rows:
-        sec = "" if r["seconds"] is None else f"{r['seconds']:.3f}"
-        mem = "" if r["memory_mb"] is None else f"{r['memory_mb']:.0f}"
-        print(f"{r['check']:14s} {r['setting']:28s} {r['status']:8s} {sec:>9s} {mem:>9s}  "
-              f"{r['detail']}")
+    print_table(["check", "setting", "status", "seconds", "peak MB", "detail"],
+                [(r["check"], r["setting"], r["status"], r["seconds"], r["memory_mb"],
+                  r["detail"]) for r in rows], {"seconds": ".3f", "peak MB": ".0f"})
     (out / "device_check.json").write_text(json.dumps({"versions": info, "rows": rows}, indent=1))
     print(f"(logs and JSON in {out})")
     failed = [r for r in rows if r["status"].startswith("FAIL")]
@@ -318,6 +313,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # The checks import this package: from a checkout that was never pip-installed too.
-    sys.path.insert(0, str(ROOT / "src"))
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Dilated depthwise convolutions against undilated ones of the same shape, layer by layer.
 
-    python benchmarks/dilated_depthwise.py                       # Lite0 at stride 8, crop 224
-    python benchmarks/dilated_depthwise.py --output-stride 16 --crop 448 --layouts nhwc
+    python -m benchmarks.dilated_depthwise                       # Lite0 at stride 8, crop 224
+    python -m benchmarks.dilated_depthwise --output-stride 16 --crop 448 --layouts nhwc
 
 For each dilated depthwise layer of EfficientNet-Lite0 at ``--output-stride`` (batch
 ``--batch``, input ``--crop``), one training pass of the layer alone (forward, then the input
@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import statistics
 import time
-from pathlib import Path
 
 
 def layer_shapes(output_stride: int, crop: int, batch: int) -> list[dict]:
@@ -124,36 +123,36 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    from benchmarks.common import commit
+    from benchmarks.table import print_table
     from plda.models.fastpath import describe_cpu
-    from plda.utils.provenance import git_commit
 
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = layer_shapes(args.output_stride, args.crop, args.batch)
     if not shapes:
         raise SystemExit(f"output stride {args.output_stride}: no dilated depthwise layer")
-    print(f"{dt.date.today()} | commit {git_commit(Path(__file__).resolve().parent)} | torch {torch.__version__}")
+    print(f"{dt.date.today()} | commit {commit()} | torch {torch.__version__}")
     print(describe_cpu())
     print(f"efficientnet_lite0 at output stride {args.output_stride}, crop {args.crop}, batch "
           f"{args.batch}: ms per training pass of one layer (median of {args.repeat})")
     names = ("plain", "fast (before)", "fast", "undilated")
-    print(f"{'layout':6s} {'input':>16s} {'k':>3s} {'d':>3s} {'n':>2s} "
-          + " ".join(f"{n:>19s}" for n in names) + f" {'plain/und':>9s} {'fast/und':>8s}")
-    for layout in args.layouts.split(","):
+    rows = []
+    layouts = args.layouts.split(",")
+    for layout in layouts:
         totals = dict.fromkeys(names, 0.0)
-        for layer in shapes:
+        for k, layer in enumerate(shapes):
             ms = measure(layer, layout, args.repeat, args.warmup)
             for n in names:
                 totals[n] += ms[n] * layer["count"]
-            shape = "x".join(map(str, layer["shape"]))
-            print(f"{layout:6s} {shape:>16s} {layer['kernel'][0]:3d} {layer['dilation'][0]:3d} "
-                  f"{layer['count']:2d} " + " ".join(f"{ms[n]:19.1f}" for n in names)
-                  + f" {ms['plain'] / ms['undilated']:9.2f} {ms['fast'] / ms['undilated']:8.2f}",
-                  flush=True)
-        print(f"{layout:6s} {'all layers':>16s} {'':3s} {'':3s} {'':2s} "
-              + " ".join(f"{totals[n]:19.1f}" for n in names)
-              + f" {totals['plain'] / totals['undilated']:9.2f} "
-              f"{totals['fast'] / totals['undilated']:8.2f}")
+            rows.append((layout, "x".join(map(str, layer["shape"])), layer["kernel"][0],
+                         layer["dilation"][0], layer["count"], *(ms[n] for n in names),
+                         ms["plain"] / ms["undilated"], ms["fast"] / ms["undilated"]))
+            print(f"  measured {layout} layer {k + 1}/{len(shapes)}", flush=True)
+        rows.append((layout, "all layers", None, None, None, *(totals[n] for n in names),
+                     totals["plain"] / totals["undilated"], totals["fast"] / totals["undilated"]))
+    print_table(["layout", "input", "k", "d", "n", *names, "plain/und", "fast/und"], rows,
+                {**dict.fromkeys(names, ".1f"), "plain/und": ".2f", "fast/und": ".2f"})
     return 0
 
 

@@ -5,7 +5,7 @@
 (c) a 40-threshold seed sweep (0.20..0.59) over synthetic CAM files for the same images:
     one pass versus 40 single-threshold passes.
 
-    python benchmarks/eval_speed.py [--data ../shared/data/voc12-subset] [--repeat 3]
+    python -m benchmarks.eval_speed [--data ../shared/data/voc12-subset] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.table import print_table
 from plda.data.camfile import save_cams
 from plda.evaluation.evaluate import (evaluate_cams, evaluate_labels, find_ids,
                                       read_class_names)
@@ -138,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{len(ids)} images, {os.cpu_count()} CPUs, best of {args.repeat}; "
           f"speed-up relative to the first row of each group")
-    print(f"{'task':<58}{'seconds':>9}{'speed-up':>10}")
-    for task, seconds, base in rows:
-        print(f"{task:<58}{seconds:>9.2f}{base / seconds:>9.1f}x")
+    print_table(["task", "seconds", "speed-up"],
+                [(task, seconds, f"{base / seconds:.1f}x") for task, seconds, base in rows],
+                {"seconds": ".2f"})
     print(f"\nsynthetic-CAM sweep: best threshold {sweep['best_threshold']:.2f}, "
           f"mIoU {sweep['miou']:.2f} (one pass and separate passes agree exactly)")
     return 0

@@ -1,7 +1,7 @@
 """IRN's walk on a finished run, swept: background threshold x walk length, against the seeds.
 
-    python benchmarks/irn_walk_sweep.py RUN_DIR --images 200
-    python benchmarks/irn_walk_sweep.py RUN_DIR --exp-times 4,6,8 --thresholds 0.05:0.95:0.05
+    python -m benchmarks.irn_walk_sweep RUN_DIR --images 200
+    python -m benchmarks.irn_walk_sweep RUN_DIR --exp-times 4,6,8 --thresholds 0.05:0.95:0.05
 
 RUN_DIR is a run folder with CAMs and a trained boundary net (``plda refine irn``). On the first
 ``--images`` images of ``--split`` (default the training split; it needs ground-truth masks) it
@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from voc12subset import SUPPORTED  # noqa: E402
+from benchmarks.table import print_table
+from benchmarks.voc12subset import SUPPORTED
 
 
 def _range(text: str) -> list[float]:
@@ -122,10 +121,9 @@ def main(argv=None) -> int:
             rows.append((f"walk 2^{e}, the run's threshold", own["walk_bg"], *walk_scores[j]))
     print(f"\n{len(ids)} images of {split} ({seconds:.0f} s); the run's IRN thresholds: "
           + ", ".join(f"{k} {v:.3f}" for k, v in own.items()))
-    print("| labels | threshold | mIoU | mIoU, 13 classes | background IoU |")
-    print("|---|---|---|---|---|")
-    for label, t, miou, miou13, bg in rows:
-        print(f"| {label} | {t:.2f} | {miou:.1f} | {miou13:.1f} | {bg:.1f} |")
+    print_table(["labels", "threshold", "mIoU", "mIoU, 13 classes", "background IoU"], rows,
+                {"threshold": ".2f", "mIoU": ".1f", "mIoU, 13 classes": ".1f",
+                 "background IoU": ".1f"}, markdown=True)
     if args.curves:
         for i, e in enumerate(exps):
             print(f"walk 2^{e}: " + " ".join(

@@ -13,7 +13,7 @@ only, and a few more photos kept out for ``plda predict``. Then runs, timing eac
 and prints a table: the commands' seconds, the stages' seconds, the scores (on the val photos
 that did not tune the threshold), and where the label-free threshold would have put the seeds.
 
-    python benchmarks/own_data_walkthrough.py --out runs/walkthrough
+    python -m benchmarks.own_data_walkthrough --out runs/walkthrough
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.table import print_table
 
 CLASSES = ["cat", "dog", "horse", "person"]
 
@@ -146,11 +148,10 @@ def main(argv=None) -> int:
                      if isinstance(metrics.get(s), dict) and "val" in metrics[s]},
     }
     print(json.dumps(result, indent=1))
-    print("\n| step | seconds |\n|---|---|")
-    for k, v in seconds.items():
-        print(f"| {k} | {v} |")
-    for k, v in result["stages"].items():
-        print(f"| run: {k} | {v:.0f} |")
+    print()
+    print_table(["step", "seconds"], [*seconds.items(),
+                                      *((f"run: {k}", round(v)) for k, v in
+                                        result["stages"].items())], markdown=True)
     if args.json:
         from plda.utils.io import atomic_write_json
 

@@ -1,6 +1,6 @@
 """Compare two arms of ``benchmarks/voc12subset.py --seeds ...`` seed by seed.
 
-    python benchmarks/paired_compare.py A_OUT B_OUT [--method seam_plda] [--json F]
+    python -m benchmarks.paired_compare A_OUT B_OUT [--method seam_plda] [--json F]
 
 Each ``*_OUT`` is a ``--out`` folder of ``voc12subset.py`` run with ``--seeds`` (it holds
 ``seed<k>/results.json``); the two arms differ by an override (e.g.
@@ -17,6 +17,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from benchmarks.table import print_table
 
 SCORES = ("train_miou_present", "train_miou_13", "val_miou_present", "val_miou_13")
 LABELS = {"train_miou_present": "train", "train_miou_13": "train 13",
@@ -36,7 +38,7 @@ def _rows(out: Path, method: str) -> dict[int, dict]:
 def _spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{mean:6.2f} ± {sd:4.2f}"
+    return f"{mean:.2f} ± {sd:.2f}"
 
 
 def compare(a: Path, b: Path, method: str) -> dict:
@@ -62,21 +64,18 @@ def compare(a: Path, b: Path, method: str) -> dict:
     return out
 
 
-def print_table(res: dict) -> None:
+def print_comparison(res: dict) -> None:
     print(f"A = {res['a']}\nB = {res['b']}\nmethod {res['method']}, seeds {res['seeds']}")
-    head = " ".join(f"{LABELS[k]:>9}" for k in SCORES)
-    print(f"{'seed':>4} {'arm':>3} {head} {'thr':>5}")
-    for row in res["per_seed"]:
-        for arm in ("a", "b"):
-            vals = " ".join(f"{row[f'{arm}_{k}']:9.2f}" for k in SCORES)
-            print(f"{row['seed']:>4} {arm.upper():>3} {vals} {row[f'{arm}_threshold']:5.2f}")
+    print_table(["seed", "arm", *(LABELS[k] for k in SCORES), "thr"],
+                [(row["seed"], arm.upper(), *(row[f"{arm}_{k}"] for k in SCORES),
+                  row[f"{arm}_threshold"])
+                 for row in res["per_seed"] for arm in ("a", "b")],
+                {**{LABELS[k]: ".2f" for k in SCORES}, "thr": ".2f"})
     print()
-    print(f"{'score':>9} {'A mean ± sd':>15} {'B mean ± sd':>15} {'B − A mean ± sd':>17} "
-          f"{'B higher':>9}")
-    for k in SCORES:
-        s = res["summary"][k]
-        print(f"{LABELS[k]:>9} {_spread(s['a']):>15} {_spread(s['b']):>15} "
-              f"{_spread(s['diff']):>17} {s['b_higher']:>5} of {len(s['diff'])}")
+    print_table(["score", "A mean ± sd", "B mean ± sd", "B − A mean ± sd", "B higher"],
+                [(LABELS[k], _spread(s["a"]), _spread(s["b"]), _spread(s["diff"]),
+                  f"{s['b_higher']} of {len(s['diff'])}")
+                 for k, s in ((k, res["summary"][k]) for k in SCORES)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     res = compare(args.a, args.b, args.method)
-    print_table(res)
+    print_comparison(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1) + "\n")
     return 0

@@ -1,6 +1,6 @@
 """Where PLDA's source and target domains fall, measured against the ground-truth masks.
 
-    python benchmarks/plda_domains.py RUN [RUN ...] --images 200 --long-side 288
+    python -m benchmarks.plda_domains RUN [RUN ...] --images 200 --long-side 288
 
 PLDA aligns, per class c, the features of its source S_c (pixels whose min-max normalised
 revised CAM exceeds tau) with those of its target T_c (the same rule on the image with every
@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.table import print_table
 
 
 def plda_part(model, cfg):
@@ -175,16 +177,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = [run_domains(run, args.images, args.long_side, args.tau, args.near)
             for run in args.runs]
-    print("| run | method | seed | tau | near | " + " | ".join(PURITY) + " |")
-    print("|---" * (5 + len(PURITY)) + "|")
-    for r in rows:
-        print(f"| {r['run']} | {r['method']} | {r['seed']} | {r['tau']:.2f} | {r['near']} | "
-              + " | ".join(f"{v:.1f}" for v in purity(r).values()) + " |")
+    print_table(["run", "method", "seed", "tau", "near", *PURITY],
+                [(r["run"], r["method"], r["seed"], r["tau"], r["near"], *purity(r).values())
+                 for r in rows], {"tau": ".2f", **dict.fromkeys(PURITY, ".1f")}, markdown=True)
     print(f"{args.images} training images per run at long side {args.long_side}; pixel-weighted "
           "over (image, present class) pairs, on the CAM grid.")
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     raise SystemExit(main())

@@ -20,12 +20,12 @@ export PYTHONPATH=$CODE/src
 cd "$CODE"
 for seed in $SEEDS; do
   for base in cam seam; do
-    "$PY" benchmarks/plda_verdict.py --out "$REPO/runs/verdict_coarse" --arms scratch \
+    "$PY" -m benchmarks.plda_verdict --out "$REPO/runs/verdict_coarse" --arms scratch \
       --methods "$base" --seeds "$seed" --amp "$AMP" --no-summary \
       --keep "$REPO/benchmarks/results/plda_verdict_fine/start"
-    "$PY" benchmarks/plda_verdict.py --out "$REPO/runs/verdict_fine" --grid fine --arms continue \
+    "$PY" -m benchmarks.plda_verdict --out "$REPO/runs/verdict_fine" --grid fine --arms continue \
       --methods "$base,${base}_plda" --seeds "$seed" --amp "$AMP" --no-summary \
       --start-from "$REPO/runs/verdict_coarse" --keep "$REPO/benchmarks/results/plda_verdict_fine"
   done
 done
-"$PY" benchmarks/plda_verdict.py --out "$REPO/benchmarks/results/plda_verdict_fine" --summary
+"$PY" -m benchmarks.plda_verdict --out "$REPO/benchmarks/results/plda_verdict_fine" --summary

@@ -1,6 +1,6 @@
 """Peak memory of ``plda predict`` on a large photo, by ``--max-side``.
 
-    python benchmarks/predict_memory.py [--size 6000x4000] [--max-sides 2048,1024,0]
+    python -m benchmarks.predict_memory [--size 6000x4000] [--max-sides 2048,1024,0]
 
 Makes a light DeepLab checkpoint (``deeplab_lite_plus`` on EfficientNet-Lite0, the CPU presets'
 stage 2, random weights: memory does not depend on them) and a smooth synthetic JPEG of the given
@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.table import print_table
 
 CHILD = r"""
 import json, resource, sys, time
@@ -95,11 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                          "error": error[-1] if error else None})
     print(f"plda predict on a {width}x{height} photo; machine {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, address-space cap {args.limit_gb or 'none'} GB")
-    print(f"{'max_side':>9} {'status':>6} {'peak MB':>8} {'seconds':>8}  mask")
-    for r in rows:
-        peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
-        print(f"{r['max_side']!s:>9} {r['status']:>6} {peak:>8} {r['seconds']:>8.1f}  "
-              f"{r['mask'] or '-'}{'  ' + r['error'] if r['error'] else ''}")
+    print_table(["max_side", "status", "peak MB", "seconds", "mask", "error"],
+                [(str(r["max_side"]), r["status"], r["peak_mb"], r["seconds"], r["mask"],
+                  r["error"]) for r in rows], {"peak MB": ".0f", "seconds": ".1f"})
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import math
-import sys
 import textwrap
 import types
 from pathlib import Path
@@ -60,12 +59,30 @@ def patch_cuda() -> None:
 
 
 def _net_class(reference: Path):
-    patch_cuda()
-    if str(reference) not in sys.path:
-        sys.path.insert(0, str(reference))
-    from models.resnet38_plda import Net  # the published model
+    """The published ``Net``. Its modules import each other by top-level name, so the worker
+    that calls this runs with the checkout on PYTHONPATH (:func:`worker_env`)."""
+    import importlib
 
-    return Net
+    patch_cuda()
+    try:
+        module = importlib.import_module("models.resnet38_plda")  # the published model
+    except ImportError as exc:
+        raise SystemExit(f"the published code's models.resnet38_plda did not import ({exc}): "
+                         f"run with {reference} on PYTHONPATH (benchmarks.published_code."
+                         "worker_env)") from None
+    if Path(module.__file__).resolve().parents[1] != reference.resolve():
+        raise SystemExit(f"models.resnet38_plda came from {module.__file__}, not from the "
+                         f"checkout {reference}")
+    return module.Net
+
+
+def worker_env(reference: str | Path, env: dict | None = None) -> dict:
+    """The environment of a worker that runs the published code from ``reference``."""
+    import os
+
+    from benchmarks.common import with_pythonpath
+
+    return with_pythonpath(dict(os.environ if env is None else env), Path(reference).resolve())
 
 
 def namespace(reference: Path) -> dict:
@@ -137,12 +154,13 @@ def cam_model(reference: Path):
     return model
 
 
-RATIO_HEADER = f" {'time/ref':>8s} {'mem/ref':>8s}"
+RATIO_COLUMNS = ("time/ref", "mem/ref")
+RATIO_FORMATS = dict.fromkeys(RATIO_COLUMNS, ".2f")
 
 
-def ratio_cells(row: dict, reference: dict, time_key: str, memory_key: str) -> str:
+def ratios(row: dict, reference: dict, time_key: str, memory_key: str) -> tuple[float, float]:
     """Store ``row``'s time and memory as ratios to the published ``reference`` row
-    (``time_ratio``, ``memory_ratio``) and return them as table cells under RATIO_HEADER."""
+    (``time_ratio``, ``memory_ratio``) and return them (the RATIO_COLUMNS cells)."""
     row["time_ratio"] = row[time_key] / reference[time_key]
     row["memory_ratio"] = row[memory_key] / reference[memory_key]
-    return f" {row['time_ratio']:8.2f} {row['memory_ratio']:8.2f}"
+    return row["time_ratio"], row["memory_ratio"]

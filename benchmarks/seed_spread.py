@@ -1,7 +1,7 @@
 """Run-to-run spread of the real-data benchmark: the same methods trained with different seeds.
 
-    python benchmarks/seed_spread.py runs/s0 runs/s1 runs/s2         # benchmark --out folders
-    python benchmarks/seed_spread.py runs/s0/cam runs/s1/seam_plda   # or single run folders
+    python -m benchmarks.seed_spread runs/s0 runs/s1 runs/s2         # benchmark --out folders
+    python -m benchmarks.seed_spread runs/s0/cam runs/s1/seam_plda   # or single run folders
 
 On the 1,545-image sample with 274 training steps a single run's seed mIoU moves by several points
 with ``train.seed`` alone, so an ordering of methods read off one run per method may be noise.
@@ -24,15 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from itertools import combinations
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from voc12subset import METHODS, SUPPORTED, _mean  # noqa: E402
-
-sys.path.pop(0)
+from benchmarks.table import print_table
+from benchmarks.voc12subset import METHODS, SUPPORTED, _mean
 
 SCORES = ("train", "train_13", "val", "val_13", "val_part", "val_body")
 
@@ -142,26 +138,23 @@ def summarize(rows: list[dict]) -> dict:
     return {"methods": stats, "pairs": pairs, "pair_score": key}
 
 
-def _f(value, spec: str = "5.1f") -> str:
-    return "-".rjust(len(format(0.0, spec))) if value is None else format(value, spec)
-
-
-def print_table(rows: list[dict]) -> dict:
+def print_spread(rows: list[dict]) -> dict:
     summary = summarize(rows)
-    print(f"{'method':10s} {'seed':>4s} {'stride':>6s} {'thr':>5s} {'train':>5s} "
-          f"{'tr 13':>5s} {'val':>5s} {'val 13':>6s} {'val bg':>6s} {'part':>5s} {'body':>5s}"
-          f"  run")
-    for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
-        print(f"{r['method']:10s} {r['seed']:4d} {r['stride']:6d} {r['threshold']:5.2f} "
-              f"{_f(r['train'])} {_f(r['train_13'])} {_f(r['val'])} {_f(r['val_13'], '6.1f')} "
-              f"{_f(r['val_background'], '6.1f')} {_f(r.get('val_part'))} "
-              f"{_f(r.get('val_body'))}  {r['run']}")
-    print(f"\n{'method':10s} {'score':8s} {'n':>2s} {'mean':>5s} {'sd':>5s} {'min':>5s} "
-          f"{'max':>5s}")
-    for method, scores in summary["methods"].items():
-        for key, s in scores.items():
-            print(f"{method:10s} {key:8s} {s['n']:2d} {_f(s['mean'])} {_f(s['sd'])} "
-                  f"{_f(s['min'])} {_f(s['max'])}")
+    one = ".1f"
+    print_table(["method", "seed", "stride", "thr", "train", "tr 13", "val", "val 13", "val bg",
+                 "part", "body", "run"],
+                [(r["method"], r["seed"], r["stride"], r["threshold"], r["train"], r["train_13"],
+                  r["val"], r["val_13"], r["val_background"], r.get("val_part"),
+                  r.get("val_body"), r["run"])
+                 for r in sorted(rows, key=lambda r: (r["method"], r["seed"]))],
+                {"thr": ".2f", **dict.fromkeys(["train", "tr 13", "val", "val 13", "val bg",
+                                                "part", "body"], one)})
+    print()
+    print_table(["method", "score", "n", "mean", "sd", "min", "max"],
+                [(method, key, s["n"], s["mean"], s["sd"], s["min"], s["max"])
+                 for method, scores in summary["methods"].items()
+                 for key, s in scores.items()],
+                dict.fromkeys(["mean", "sd", "min", "max"], one))
     if summary["pairs"]:
         over = "the 13 classes" if summary["pair_score"] == "val_13" else "the classes present"
         print(f"\nval mIoU over {over}, per pair on the seeds both ran:")
@@ -178,7 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows and summary here")
     args = p.parse_args(argv)
     rows = [run_row(run) for run in run_folders(args.runs)]
-    summary = print_table(rows)
+    summary = print_spread(rows)
     if args.json:
         from plda.utils.io import atomic_write_json
 
@@ -187,5 +180,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(BENCH.parent / "src"))
     raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Seconds per stage-2 (DeepLab) training step on CPU, per head and output stride.
 
-    python benchmarks/seg_step.py
-    python benchmarks/seg_step.py --configs deeplab_lite_plus:efficientnet_lite0:32 --batch 4
+    python -m benchmarks.seg_step
+    python -m benchmarks.seg_step --configs deeplab_lite_plus:efficientnet_lite0:32 --batch 4
 
 A step is what ``plda segment train`` does per batch: forward, logits upsampled to the crop,
 cross-entropy, backward, SGD update. Random weights (frozen backbone BN, as the trainer), random
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+
+from benchmarks.table import print_table
 
 DEFAULT_CONFIGS = ",".join(f"{arch}:efficientnet_lite0:{stride}" for arch, stride in (
     ("deeplab_lite", 16), ("deeplab_lite", 32), ("deeplab_lite_plus", 32),
@@ -69,16 +71,13 @@ def main(argv=None) -> int:
                 times[i].append(time.perf_counter() - start)
     print(f"batch {args.batch}, crop {args.crop}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps after {args.warmup} warm-up; seconds per training step")
-    print(f"{'arch':18s} {'backbone':18s} {'OS':>3s} {'logits':>8s} {'min':>6s} {'median':>7s}")
-    for (arch, backbone, stride), grid, t in zip(configs, grids, times):
-        print(f"{arch:18s} {backbone:18s} {stride:>3s} {grid[0]:>3d}x{grid[1]:<4d} "
-              f"{min(t):6.2f} {statistics.median(t):7.2f}")
+    print_table(["arch", "backbone", "OS", "logits", "min", "median"],
+                [(arch, backbone, int(stride), f"{grid[0]}x{grid[1]}", min(t),
+                  statistics.median(t))
+                 for (arch, backbone, stride), grid, t in zip(configs, grids, times)],
+                {"min": ".2f", "median": ".2f"})
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     raise SystemExit(main())

@@ -14,9 +14,9 @@ per rule, the threshold gap to the mask-tuned one and the seed mIoU it gives up,
 over seeds, per preset. The rule chosen as ``cam.label_free``'s default is the one with the
 smallest mean absolute threshold gap on train over all presets and seeds.
 
-    python benchmarks/threshold_rules.py --presets synth_cam,voc12subset_cam_effnetlite0 \
+    python -m benchmarks.threshold_rules --presets synth_cam,voc12subset_cam_effnetlite0 \
         --seeds 0,1,2 --out runs/threshold_rules --results benchmarks/results/threshold_rules
-    python benchmarks/threshold_rules.py --results benchmarks/results/threshold_rules --summary
+    python -m benchmarks.threshold_rules --results benchmarks/results/threshold_rules --summary
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.table import format_table
 
 RULES = ("otsu", "soft_miou", "fixed:0.15", "fixed:0.26")
 SWEEP = [round(0.01 * i, 2) for i in range(1, 81)]  # 0.01 .. 0.80
@@ -89,8 +91,7 @@ def _ms(values: list[float]) -> str:
 def summarize(rows: list[dict]) -> tuple[str, str]:
     """The table (markdown) and the rule with the smallest mean |threshold gap| on train."""
     presets = list(dict.fromkeys(r["preset"] for r in rows))
-    lines = ["| preset | seeds | tuned t (train) | rule | rule t | t − tuned | "
-             "mIoU lost, train | mIoU lost, val |", "|---|---|---|---|---|---|---|---|"]
+    table = []
     gaps: dict[str, list[float]] = {rule: [] for rule in RULES}
     for preset in presets:
         rs = sorted((r for r in rows if r["preset"] == preset), key=lambda r: r["seed"])
@@ -101,11 +102,13 @@ def summarize(rows: list[dict]) -> tuple[str, str]:
             gaps[rule] += [abs(d) for d in d_t]
             lost = {s: [r["splits"][s]["tuned_miou"] - r["splits"][s]["rule_miou"][rule]
                         for r in rs] for s in ("train", "val")}
-            lines.append(f"| {preset} | {seeds} | {statistics.fmean(tuned):.2f} | {rule} | "
-                         f"{statistics.fmean(r['rules'][rule] for r in rs):.3f} | {_ms(d_t)} | "
-                         f"{_ms(lost['train'])} | {_ms(lost['val'])} |")
+            table.append((preset, seeds, statistics.fmean(tuned), rule,
+                          statistics.fmean(r["rules"][rule] for r in rs), _ms(d_t),
+                          _ms(lost["train"]), _ms(lost["val"])))
     best = min(RULES, key=lambda rule: statistics.fmean(gaps[rule]) if gaps[rule] else 9.0)
-    lines.append("")
+    lines = [format_table(["preset", "seeds", "tuned t (train)", "rule", "rule t", "t − tuned",
+                           "mIoU lost, train", "mIoU lost, val"], table,
+                          {"tuned t (train)": ".2f", "rule t": ".3f"}, markdown=True), ""]
     lines.append("mean |t − tuned| on train over every preset and seed: " + ", ".join(
         f"{rule} {statistics.fmean(g):.3f}" for rule, g in gaps.items() if g)
         + f"; closest: {best}")

@@ -1,9 +1,9 @@
 """Seconds per stage-1 training step and peak memory, as the trainer runs it, with each speed
 switch's effect, and the published code's step measured in the same run.
 
-    python benchmarks/train_step.py --backbone resnet38 --method seam_plda --batch 2 --crop 128 \
+    python -m benchmarks.train_step --backbone resnet38 --method seam_plda --batch 2 --crop 128 \
         --amp none,bf16 --reference PATH_TO_usr922_plda [--json out.json]
-    python benchmarks/train_step.py --conv-path auto,joint,onednn --channels-last on,off
+    python -m benchmarks.train_step --conv-path auto,joint,onednn --channels-last on,off
 
 Every variant runs in a fresh subprocess, so its peak resident memory (``ru_maxrss``: torch,
 model, optimizer state and activations) is its own; variants run back to back. A step is what
@@ -39,14 +39,12 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import published_code  # noqa: E402  (this folder's helper)
+from benchmarks import published_code
+from benchmarks.common import commit, module_command, run_worker
+from benchmarks.table import print_table
 
 
 def _peak_mb(device) -> float:
@@ -190,14 +188,6 @@ def reference_worker(args) -> dict:
             "seconds_min": min(measured), "peak_memory_mb": _peak_mb(torch.device("cpu"))}
 
 
-def _run(cmd: list[str], env: dict, what: str) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"benchmark variant {what} failed (exit {out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 # --dilated-paths: (PLDA_DILATED_WEIGHT_GRAD, PLDA_DILATED_FORWARD)
 DILATED_PATHS = {"auto": ("auto", "auto"), "fixed": ("native", "padding")}
 
@@ -222,12 +212,6 @@ def _ratios(row: dict, first: dict) -> tuple[float | None, float | None, float |
     pixels = (row["crop"] / first["crop"]) ** 2
     cells = [a / b for a, b in zip(row.get("cam_grid") or [], first.get("cam_grid") or [])]
     return step, step / pixels, (step / (cells[0] * cells[1]) if len(cells) == 2 else None)
-
-
-def _commit() -> str | None:
-    from plda.utils.provenance import git_commit
-
-    return git_commit(HERE)
 
 
 def main(argv=None) -> int:
@@ -282,9 +266,10 @@ def main(argv=None) -> int:
     if args.reference:
         if (args.backbone, args.method) != ("resnet38", "seam_plda"):
             raise SystemExit("--reference: the published code trains resnet38 seam_plda only")
-        reference = _run([sys.executable, __file__, "--reference-worker", "--reference",
-                          args.reference, *common, "--crop", str(shapes[0][0])],
-                         dict(os.environ), "published code")
+        reference = run_worker(module_command("train_step", "--reference-worker",
+                                              "--reference", args.reference, *common, "--crop",
+                                              str(shapes[0][0])),
+                               published_code.worker_env(args.reference), "published code")
     variants = [(crop, stride, amp, path, cl, sib, wgrad) for crop, stride in shapes
                 for amp in args.amp.split(",") for path in args.conv_path.split(",")
                 for cl in args.channels_last.split(",")
@@ -296,52 +281,48 @@ def main(argv=None) -> int:
         weight_grad, forward = DILATED_PATHS[wgrad]
         env = dict(os.environ, PLDA_CONV_PATH=path, PLDA_DILATED_WEIGHT_GRAD=weight_grad,
                    PLDA_DILATED_FORWARD=forward)
-        row = _run([sys.executable, __file__, "--worker", "--amp", amp, "--conv-path", path,
-                    "--channels-last", cl, "--step-in-backward", sib, "--crop", str(crop),
-                    "--output-stride", str(stride), *common], env,
-                   f"crop={crop} stride={stride} amp={amp} conv-path={path} "
+        row = run_worker(module_command("train_step", "--worker", "--amp", amp, "--conv-path",
+                                        path, "--channels-last", cl, "--step-in-backward", sib,
+                                        "--crop", crop, "--output-stride", stride, *common), env,
+                         f"crop={crop} stride={stride} amp={amp} conv-path={path} "
                    f"channels-last={cl} step-in-backward={sib} dilated-paths={wgrad}")
         rows.append({**row, "dilated_paths": wgrad})
-    print(f"{dt.date.today()} | commit {_commit()} | torch {torch.__version__} | "
+    print(f"{dt.date.today()} | commit {commit()} | torch {torch.__version__} | "
           f"{platform.machine()}")
     print(describe_cpu() if args.device == "cpu" else f"device: {args.device}")
     print(f"{args.backbone} {args.method}, batch {args.batch}, "
           f"median of {args.steps} steps after {args.warmup}")
-    header = (f"{'code':9s} {'crop':>4s} {'OS':>3s} {'grid':>7s} {'amp':>10s} {'conv path':>9s} "
-              f"{'NHWC':>4s} {'step in bwd':>11s} {'dilated':>7s} {'s/step':>7s} {'min':>6s} {'peak MB':>8s} "
-              f"{'x step':>6s} {'x /px':>6s} {'x /cell':>7s}")
-    if reference:
-        header += published_code.RATIO_HEADER
-    print(header)
     first = rows[0]
-    for r in ([reference] if reference else []) + rows:
+    table, ops = [], []
+    for k, r in enumerate(([reference] if reference else []) + rows):
         amp = r["amp"] if r["amp"] == r["amp_run"] else f"{r['amp']}->{r['amp_run']}"
-        grid = "x".join(map(str, r.get("cam_grid") or [])) or "-"
-        line = (f"{r['code']:9s} {r['crop']:4d} {r.get('output_stride', '-')!s:>3s} "
-                f"{grid:>7s} {amp:>10s} {r['conv_path']:>9s} "
-                f"{'yes' if r['channels_last'] else 'no':>4s} "
-                f"{'yes' if r['step_in_backward'] else 'no':>11s} "
-                f"{r.get('dilated_paths', '-'):>7s} {r['seconds_per_step']:7.2f} "
-                f"{r['seconds_min']:6.2f} {r['peak_memory_mb']:8.0f}")
-        line += "".join(f" {v:{w}.2f}" if v is not None else f" {'-':>{w}s}"
-                        for v, w in zip(_ratios(r, first), (6, 6, 7)))
+        cells = [k, r["code"], r["crop"], r.get("output_stride"),
+                 "x".join(map(str, r.get("cam_grid") or [])) or None, amp, r["conv_path"],
+                 "yes" if r["channels_last"] else "no", "yes" if r["step_in_backward"] else "no",
+                 r.get("dilated_paths"), r["seconds_per_step"], r["seconds_min"],
+                 r["peak_memory_mb"], *_ratios(r, first)]
         if reference:
-            line += published_code.ratio_cells(r, reference, "seconds_per_step",
-                                               "peak_memory_mb")
-        print(line)
-        for op in r.get("top_ops") or []:
-            print(f"{'':14s}{op['percent']:5.1f} %  {op['ms']:9.1f} ms  {op['calls']:6d} x  "
-                  f"{op['op']}")
+            cells += published_code.ratios(r, reference, "seconds_per_step", "peak_memory_mb")
+        table.append(cells)
+        ops += [(k, op["percent"], op["ms"], op["calls"], op["op"])
+                for op in r.get("top_ops") or []]
+    print_table(["row", "code", "crop", "OS", "grid", "amp", "conv path", "NHWC", "step in bwd",
+                 "dilated", "s/step", "min", "peak MB", "x step", "x /px", "x /cell",
+                 *(published_code.RATIO_COLUMNS if reference else ())], table,
+                {"s/step": ".2f", "min": ".2f", "peak MB": ".0f", "x step": ".2f",
+                 "x /px": ".2f", "x /cell": ".2f", **published_code.RATIO_FORMATS})
+    if ops:
+        print("\nthe top ops of each profiled row:")
+        print_table(["row", "%", "ms", "calls", "op"], ops, {"%": ".1f", "ms": ".1f"})
     print("x step: seconds per step relative to the first row; x /px: per image pixel; "
           "x /cell: per CAM grid cell.")
     if args.json:
-        sys.path.insert(0, str(HERE.parent / "src"))
         from plda.utils.io import atomic_write_json
 
         atomic_write_json(args.json, {
             "seconds_per_step": rows[0]["seconds_per_step"],
             "peak_memory_mb": rows[0]["peak_memory_mb"],
-            "date": dt.date.today().isoformat(), "commit": _commit(), "torch": torch.__version__,
+            "date": dt.date.today().isoformat(), "commit": commit(), "torch": torch.__version__,
             "cpu": cpu_features(), "variants": rows, "reference": reference})
     return 0
 

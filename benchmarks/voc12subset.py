@@ -1,11 +1,11 @@
 """The real-data benchmark: plain CAM, SEAM, and PLDA on each (CAM+PLDA, SEAM+PLDA) on the
 1,545-image VOC sample, from image-level labels to a segmentation network.
 
-    python benchmarks/voc12subset.py --out runs/voc12subset            # the whole chain
-    python benchmarks/voc12subset.py --out runs/vs --refine none       # seeds only
-    python benchmarks/voc12subset.py --out /tmp/vq --quick             # a smoke run, minutes
-    python benchmarks/voc12subset.py --suite synth --out runs/synth-methods   # synthetic data
-    python benchmarks/voc12subset.py --out runs/vs --refine none --seeds 0,1,2  # run-to-run spread
+    python -m benchmarks.voc12subset --out runs/voc12subset            # the whole chain
+    python -m benchmarks.voc12subset --out runs/vs --refine none       # seeds only
+    python -m benchmarks.voc12subset --out /tmp/vq --quick             # a smoke run, minutes
+    python -m benchmarks.voc12subset --suite synth --out runs/synth-methods   # synthetic data
+    python -m benchmarks.voc12subset --out runs/vs --refine none --seeds 0,1,2  # run-to-run spread
 
 Each method trains from the pretrained EfficientNet-Lite0 with the same budget, crop and seed
 (presets ``voc12subset_<method>_effnetlite0``; the CAM family at output stride 32, where CAMs are
@@ -40,14 +40,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-METHODS = ("cam", "seam", "cam_plda", "seam_plda")
+from benchmarks.common import DEFAULT_DATA, preset_methods
+from benchmarks.table import print_table
+
+# Every registered method with a preset of this suite (voc12subset_<method>_effnetlite0).
+METHODS = preset_methods("voc12subset_{method}_effnetlite0")
 # The classes with at least 20 train and 4 val images in the sample (shared/data/README.md).
 SUPPORTED = ("background", "cat", "dog", "person", "horse", "sheep", "cow", "sofa", "chair",
              "pottedplant", "car", "tvmonitor", "diningtable")
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "voc12-subset"
 
 
 def _quick_dataset(source: Path, target: Path, n_train: int, n_val: int) -> Path:
@@ -175,10 +177,6 @@ def run_method(method: str, out: Path, data: Path | None, overrides: list[str],
     return row
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(t) for t in text.split(",") if t.strip()]
@@ -201,23 +199,17 @@ def _bench(methods: list[str], out: Path, data: Path, overrides: list[str], args
 
     atomic_write_json(out / "results.json", {"suite": args.suite, "data": str(data),
                                              "overrides": overrides, "rows": rows})
-    print(f"\n{'method':10s} {'train mIoU':>10s} {'val mIoU':>9s} {'train 13':>9s} "
-          f"{'val 13':>7s} {'thr':>5s} {'train min':>9s} {'infer s/img':>11s} "
-          f"{'pseudo train':>12s} {'pseudo 13':>9s} {'refine min':>10s} "
-          f"{'seg val':>7s} {'seg val 13':>10s} {'seg min':>7s} {'lf val':>6s} "
-          f"{'lf val 13':>9s}")
-    for r in rows:
-        print(f"{r['method']:10s} {_fmt(r['train_miou_present'], '10.1f')} "
-              f"{_fmt(r['val_miou_present'], '9.1f')} {_fmt(r['train_miou_13'], '9.1f')} "
-              f"{_fmt(r['val_miou_13'], '7.1f')} {r['bg_threshold']:5.2f} "
-              f"{r['train_minutes']:9.1f} {_fmt(r['cam_seconds_per_image'], '11.3f')} "
-              f"{_fmt(r.get('pseudo_train_miou_present'), '12.1f')} "
-              f"{_fmt(r.get('pseudo_train_miou_13'), '9.1f')} "
-              f"{_fmt(r.get('refine_minutes'), '10.1f')} "
-              f"{_fmt(r.get('seg_val_miou_present'), '7.1f')} "
-              f"{_fmt(r.get('seg_val_miou_13'), '10.1f')} {_fmt(r.get('seg_minutes'), '7.1f')} "
-              f"{_fmt(r.get('label_free_val_miou_present'), '6.1f')} "
-              f"{_fmt(r.get('label_free_val_miou_13'), '9.1f')}")
+    print()
+    columns = {"method": "method", "train mIoU": "train_miou_present",
+               "val mIoU": "val_miou_present", "train 13": "train_miou_13",
+               "val 13": "val_miou_13", "thr": "bg_threshold", "train min": "train_minutes",
+               "infer s/img": "cam_seconds_per_image",
+               "pseudo train": "pseudo_train_miou_present", "pseudo 13": "pseudo_train_miou_13",
+               "refine min": "refine_minutes", "seg val": "seg_val_miou_present",
+               "seg val 13": "seg_val_miou_13", "seg min": "seg_minutes",
+               "lf val": "label_free_val_miou_present", "lf val 13": "label_free_val_miou_13"}
+    print_table(list(columns), [[r.get(key) for key in columns.values()] for r in rows],
+                {**dict.fromkeys(columns, ".1f"), "thr": ".2f", "infer s/img": ".3f"})
     print("mIoU: seed mIoU (%) over the classes present in the split / over the 13 supported "
           "classes; threshold chosen on train; pseudo: the refined training masks; seg: the light "
           "DeepLab trained on them, on val; lf: val seeds with the classifier's predicted "
@@ -283,5 +275,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     raise SystemExit(main())

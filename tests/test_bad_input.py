@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from plda.cli.main import main
-from plda.errors import ConfigError, DataError, PldaError, WeightsError
+from plda.errors import ConfigError, DataError, WeightsError
 from plda.data.labels import save_label_png
 
 CLASSES = ("a", "b", "c")
@@ -475,11 +474,7 @@ class _Marker:
 
 
 def _quick_dataset(ds: Path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from voc12subset import _quick_dataset as quick
-    finally:
-        sys.path.pop(0)
+    from benchmarks.voc12subset import _quick_dataset as quick
     return quick(ds, ds.parent / "quick", 2, 2)
 
 

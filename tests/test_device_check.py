@@ -26,15 +26,19 @@ def test_device_check_runs_every_check_on_the_cpu(tmp_path):
     table = json.loads((out / "device_check.json").read_text())
     rows = {(r["check"], r["setting"]): r for r in table["rows"]}
     steps = [r for (check, _), r in rows.items() if check == "train step"]
-    assert len(steps) == 9 and all(r["status"] == "ok" for r in steps)
+    from plda.registry import METHODS
+
+    methods = set(METHODS.names())  # every registered method, in each of three precisions
+    assert len(steps) == 3 * len(methods) and all(r["status"] == "ok" for r in steps)
     assert all(r["seconds"] > 0 and r["memory_mb"] > 0 for r in steps)
-    assert {s.split()[0] for (c, s) in rows if c == "train step"} == {"cam", "seam", "seam_plda"}
+    assert {s.split()[0] for (c, s) in rows if c == "train step"} == methods
     ddp = next(r for (c, _), r in rows.items() if c == "torchrun ddp")
     assert ddp["status"] == "ok" and "all_reduce ok" in ddp["detail"]
     cams = [r for (c, _), r in rows.items() if c == "cam inference"]
     assert len(cams) == 2 and all(r["status"] == "ok" for r in cams)
     assert table["versions"]["torch"] and table["versions"]["cpu"]["model"]
     # One table at the end, one line per check.
-    tail = done.stdout[done.stdout.index("check          setting"):]
-    assert len([ln for ln in tail.splitlines() if ln.startswith(("train step", "cam inference",
-                                                                  "torchrun ddp"))]) == 12
+    lines = done.stdout.splitlines()
+    header = next(k for k, ln in enumerate(lines) if ln.split()[:2] == ["check", "setting"])
+    assert len([ln for ln in lines[header:] if ln.startswith(("train step", "cam inference",
+                                                              "torchrun ddp"))]) == len(steps) + 3

@@ -4,7 +4,6 @@ script's record of each run: its CAM grid and its val seeds, re-scorable from fi
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,11 +13,8 @@ import torch
 
 from plda.config import load_run_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import plda_verdict  # noqa: E402
-import voc12subset  # noqa: E402
-
-sys.path.pop(0)
+from benchmarks import voc12subset
+from benchmarks.verdict import jobs, seedmaps
 
 METHODS = ("cam", "cam_plda", "seam", "seam_plda")
 
@@ -27,7 +23,7 @@ def _grid(cfg) -> list[int]:
     from plda.methods.build import build_stage1_model
 
     model = build_stage1_model(cfg, 5, pretrained=False)
-    return plda_verdict.cam_grid(model, cfg.data.crop)
+    return jobs.cam_grid(model, cfg.data.crop)
 
 
 @pytest.mark.parametrize("suite", ["voc12subset", "synth"])
@@ -79,8 +75,8 @@ def test_kept_seed_maps_rescore_to_the_recorded_numbers(tmp_path):
     seeds.mkdir(parents=True)
     for image_id in ids:
         save_label_png(seeds / f"{image_id}.png", rng.integers(0, 4, (12, 16)).astype(np.uint8))
-    npz = plda_verdict.save_seed_maps(run, "val")
-    assert npz == run / plda_verdict.SEED_MAPS
+    npz = seedmaps.save_seed_maps(run, "val")
+    assert npz == run / seedmaps.SEED_MAPS
     with np.load(npz) as maps:
         assert sorted(maps.files) == ids
         from plda.data.labels import load_label_png
@@ -91,7 +87,7 @@ def test_kept_seed_maps_rescore_to_the_recorded_numbers(tmp_path):
              "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
              "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
     direct = evaluate_labels(seeds, data / "SegmentationClassAug", ids, names)
-    again = plda_verdict.rescore_seed_maps(npz, data)
+    again = seedmaps.rescore_seed_maps(npz, data)
     assert again["val_miou_present"] == pytest.approx(direct["miou"], abs=1e-9)
     assert again["val_iou"] == pytest.approx(direct["iou"], abs=1e-9)
     expected_13 = voc12subset._mean(direct["iou"].get(c) for c in voc12subset.SUPPORTED)
@@ -101,13 +97,13 @@ def test_kept_seed_maps_rescore_to_the_recorded_numbers(tmp_path):
     out = tmp_path / "out"
     final = out / "continue" / "seed0" / "cam"
     final.mkdir(parents=True)
-    (final / plda_verdict.SEED_MAPS).write_bytes(npz.read_bytes())
-    (final / plda_verdict.RESULT).write_text(json.dumps({"val_miou_13": expected_13}))
-    [(folder, recorded, rescored)] = plda_verdict.rescore(out, data)
+    (final / seedmaps.SEED_MAPS).write_bytes(npz.read_bytes())
+    (final / seedmaps.RESULT).write_text(json.dumps({"val_miou_13": expected_13}))
+    [(folder, recorded, rescored)] = seedmaps.rescore(out, data)
     assert folder == final and rescored == pytest.approx(recorded, abs=1e-9)
-    (final / plda_verdict.RESULT).write_text(json.dumps({"val_miou_13": expected_13 + 0.5}))
+    (final / seedmaps.RESULT).write_text(json.dumps({"val_miou_13": expected_13 + 0.5}))
     with pytest.raises(SystemExit, match="differs from verdict.json: .*seed0/cam"):
-        plda_verdict.rescore(out, data)
+        seedmaps.rescore(out, data)
 
 
 def test_a_seed_map_of_the_wrong_size_is_named(tmp_path):
@@ -117,7 +113,7 @@ def test_a_seed_map_of_the_wrong_size_is_named(tmp_path):
     npz = tmp_path / "seeds_val.npz"
     np.savez_compressed(npz, a1=np.zeros((6, 8), np.uint8))
     with pytest.raises(SystemExit, match=r"a1 is \(6, 8\), its mask \(12, 16\)"):
-        plda_verdict.rescore_seed_maps(npz, data)
+        seedmaps.rescore_seed_maps(npz, data)
 
 
 def test_cam_grid_is_the_final_level_at_the_crop(one_thread):
@@ -129,9 +125,9 @@ def test_cam_grid_is_the_final_level_at_the_crop(one_thread):
             self.backbone = build_backbone("efficientnet_lite0", pretrained=None,
                                            output_stride=stride)
 
-    assert plda_verdict.cam_grid(Model(8), 224) == [28, 28]
-    assert plda_verdict.cam_grid(Model(32), 224) == [7, 7]
-    assert plda_verdict.cam_grid(Model(16), 100) == [7, 7]  # TF "same": ceil(100 / 16)
+    assert jobs.cam_grid(Model(8), 224) == [28, 28]
+    assert jobs.cam_grid(Model(32), 224) == [7, 7]
+    assert jobs.cam_grid(Model(16), 100) == [7, 7]  # TF "same": ceil(100 / 16)
 
 
 def test_fine_continue_jobs_can_start_from_another_folder(tmp_path):
@@ -140,7 +136,7 @@ def test_fine_continue_jobs_can_start_from_another_folder(tmp_path):
     coarse = tmp_path / "coarse"
     args = Namespace(out=tmp_path / "fine", epochs=8, continue_epochs=2, amp="none",
                      start_from=coarse, grid="fine")
-    _, overrides = plda_verdict.job_overrides("continue", "cam_plda", 2, args)
+    _, overrides = jobs.job_overrides("continue", "cam_plda", 2, args)
     assert f"model.init_from={coarse / 'scratch' / 'seed2' / 'cam'}" in overrides
 
 
@@ -148,11 +144,11 @@ def test_a_finished_run_is_kept_with_its_seed_maps(tmp_path):
     out, keep = tmp_path / "runs", tmp_path / "results"
     run = out / "continue" / "seed1" / "seam_plda"
     run.mkdir(parents=True)
-    (run / plda_verdict.RESULT).write_text('{"val_miou_13": 30.0}')
-    np.savez_compressed(run / plda_verdict.SEED_MAPS, a=np.ones((2, 2), np.uint8))
+    (run / seedmaps.RESULT).write_text('{"val_miou_13": 30.0}')
+    np.savez_compressed(run / seedmaps.SEED_MAPS, a=np.ones((2, 2), np.uint8))
     (run / "stage1.safetensors").write_bytes(b"weights stay in the run folder")
-    plda_verdict.keep_result(run, keep, out)
+    jobs.keep_result(run, keep, out)
     kept = keep / "continue" / "seed1" / "seam_plda"
-    assert sorted(p.name for p in kept.iterdir()) == [plda_verdict.SEED_MAPS, plda_verdict.RESULT]
-    assert json.loads((kept / plda_verdict.RESULT).read_text()) == {"val_miou_13": 30.0}
-    plda_verdict.keep_result(run, None, out)  # nothing asked: nothing copied, no error
+    assert sorted(p.name for p in kept.iterdir()) == [seedmaps.SEED_MAPS, seedmaps.RESULT]
+    assert json.loads((kept / seedmaps.RESULT).read_text()) == {"val_miou_13": 30.0}
+    jobs.keep_result(run, None, out)  # nothing asked: nothing copied, no error

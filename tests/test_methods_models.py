@@ -404,14 +404,8 @@ def test_pcm_stride_must_name_a_level_of_the_backbone(stride, output_stride, mat
 
 
 def _plda_domains():
-    import sys
-    from pathlib import Path
+    from benchmarks import plda_domains
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import plda_domains
-    finally:
-        sys.path.pop(0)
     return plda_domains
 
 

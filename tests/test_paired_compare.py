@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import paired_compare
-finally:
-    sys.path.pop(0)
+from benchmarks import paired_compare
 
 
 def _arm(out: Path, scores: dict[int, tuple[float, float]], method: str = "seam_plda") -> Path:
@@ -36,10 +31,10 @@ def test_paired_differences_over_the_seeds_both_arms_finished(tmp_path, capsys):
     val = res["summary"]["val_miou_13"]
     assert val["diff"] == [-1.0, 3.0] and val["b_higher"] == 1
     assert res["summary"]["train_miou_13"]["diff"] == [3.0, 0.5]
-    paired_compare.print_table(res)
+    paired_compare.print_comparison(res)
     out = capsys.readouterr().out
     sd = statistics.stdev([-1.0, 3.0])
-    assert f"{1.0:6.2f} ± {sd:4.2f}" in out and "1 of 2" in out
+    assert f"{1.0:.2f} ± {sd:.2f}" in out and "1 of 2" in out
 
 
 def test_no_common_seed_is_an_error(tmp_path):

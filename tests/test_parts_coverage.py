@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,7 @@ from plda.errors import DataError
 from plda.evaluation.parts import coverage_counts, part_body_coverage
 from plda.data.labels import label_to_image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import seed_spread
-finally:
-    sys.path.pop(0)
+from benchmarks import seed_spread
 
 
 def test_counts_on_hand_made_maps():

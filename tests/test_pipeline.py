@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,11 +157,7 @@ def test_refine_irn_end_to_end_resumes_and_scores(tmp_path, capsys, image_scale)
 
     # benchmarks/irn_walk_sweep.py recomputes the same walk: at the run's own threshold and
     # walk length it scores exactly the pseudo masks refine wrote for the training split.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from irn_walk_sweep import main as walk_sweep
-    finally:
-        sys.path.pop(0)
+    from benchmarks.irn_walk_sweep import main as walk_sweep
     capsys.readouterr()
     assert walk_sweep([str(run), "--images", "8", "--exp-times", "2,4",
                        "--thresholds", "0.1:0.5:0.2"]) == 0

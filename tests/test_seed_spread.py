@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,8 @@ import pytest
 from plda.config import load_run_config
 from plda.config.loader import save_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    import seed_spread
-    from voc12subset import SUPPORTED
-finally:
-    sys.path.pop(0)
+from benchmarks import seed_spread
+from benchmarks.voc12subset import SUPPORTED
 
 
 def _run(folder: Path, method: str, seed: int, val_13: float, train_13: float,
@@ -56,7 +51,7 @@ def test_spread_rows_stats_and_pairwise_wins(tmp_path, capsys):
     assert extra["val"] == pytest.approx((13 * 23.0 + 100.0) / 15)  # absent class skipped
     assert extra["val_background"] == pytest.approx(23.0)
 
-    summary = seed_spread.print_table(rows)
+    summary = seed_spread.print_spread(rows)
     cam = summary["methods"]["cam"]["val_13"]
     assert (cam["n"], cam["min"], cam["max"]) == (3, 20.0, 26.0)
     assert cam["mean"] == pytest.approx(23.0)
@@ -90,11 +85,7 @@ def test_spread_names_a_folder_without_runs(tmp_path):
 
 
 def test_voc12subset_rejects_bad_seed_lists():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from voc12subset import _seed_list
-    finally:
-        sys.path.pop(0)
+    from benchmarks.voc12subset import _seed_list
     assert _seed_list("0,1, 2") == [0, 1, 2]
     for bad in ("0,x", "1,1", ","):
         with pytest.raises(SystemExit, match="--seeds"):
