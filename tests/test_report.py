@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -274,23 +275,36 @@ def test_cli_prints_the_report_path(full_run, capsys):
     assert main(["report", str(full_run), "--split", "nope"]) == 2
 
 
-def test_svg_helpers():
-    from plda.report.svg import grouped_hbar_chart, line_chart, nice_ticks
+def test_charts_are_inline_svg_drawn_by_matplotlib():
+    import xml.etree.ElementTree as ET
 
-    assert nice_ticks(0.2, 0.59, 5) == [0.2, 0.3, 0.4, 0.5, 0.6]
-    assert nice_ticks(0, 100, 5) == [0, 20, 40, 60, 80, 100]
-    ticks = nice_ticks(3.0, 3.0)
-    assert ticks[0] < 3.0 < ticks[-1]
-    # The axis covers the data: a maximum just above a round step gets the next tick.
-    assert nice_ticks(13.6, 20.4) == [12, 14, 16, 18, 20, 22]
-    # A None breaks the line into two polylines; a lone point is still drawn as a dot.
-    svg = line_chart([("a", [1, 2, 3, 4, 5], [1.0, 2.0, None, 3.0, 4.0])], marker_x=2,
-                     marker_label="x<y")
-    assert svg.count("<polyline") == 2 and svg.count("<circle") == 4
-    assert "x&lt;y" in svg and 'class="marker"' in svg
+    from plda.report.charts import grouped_hbar_chart, line_chart
+
+    series = [("a", [1, 2, 3, 4, 5], [1.0, 2.0, None, 3.0, 4.0]),
+              ("b", [1, 2, 3], [0.5, float("nan"), 0.7])]
+    svg = line_chart(series, marker_x=2, marker_label="x<y", title="loss & lr")
+    root = ET.fromstring(svg)  # well-formed markup, inlined as it is
+    assert root.tag == "svg" and root.get("class") == "chart"
+    assert (root.get("width"), root.get("height")) == ("560", "300")
+    # A None or NaN breaks a line: series a in two stretches, b in two lone points.
+    ids = [e.get("id") for e in root.iter() if e.get("id")]
+    stretches = sorted(i.split("-", 1)[1] for i in ids if re.fullmatch(r"c\w+-[ab]-\d", i))
+    assert stretches == ["a-0", "a-1", "b-0", "b-1"]
+    assert any(i.endswith("-marker") for i in ids)
+    # Text stays text, escaped; no prologue, metadata or namespace URL; ids unique per chart.
+    assert "x&lt;y" in svg and "loss &amp; lr" in svg
+    assert "<?xml" not in svg and "<metadata" not in svg and "http" not in svg
+    assert len(ids) == len(set(ids)) and all(i.startswith(ids[0].split("-")[0]) for i in ids)
+    assert line_chart(series, marker_x=2, marker_label="x<y", title="loss & lr") == svg
+    other = line_chart([("a", [1, 2], [3.0, 1.0])])
+    assert ids[0].split("-")[0] != ET.fromstring(other).find(".//*[@id]").get("id").split("-")[0]
     assert "no values" in line_chart([("a", [1], [None])], title="t")
-    bars = grouped_hbar_chart(["c1", "c2"], [("s1", [50.0, None]), ("s2", [100.0, 20.0])])
-    assert bars.count("<rect") >= 3 and "—" in bars
+    log = ET.fromstring(line_chart([("l", [1, 2, 3], [1.0, 0.01, 1e-4])], log_y=True))
+    assert any("(log)" in (t.text or "") for t in log.iter("text"))
+    bars = grouped_hbar_chart(["c1", "c2"], [("s1", [50.0, None]), ("s2", [100.0, 20.0])],
+                              title="split val", unit=" %")
+    texts = [t.text for t in ET.fromstring(bars).iter("text")]
+    assert {"c1", "c2", "s1", "s2", "50.0", "100.0", "20.0", "—"} <= set(texts)
 
 
 # ---- the page in a real browser ---------------------------------------------------------------
@@ -325,7 +339,10 @@ def test_report_in_headless_chromium(full_page, tmp_path):
     probe.write_text(html.replace(
         "</body>", "<script>window.addEventListener('load', () => { const ok = [...document"
         ".images].filter(i => i.complete && i.naturalWidth > 0).length; document.body"
-        ".setAttribute('data-decoded', String(ok)); });</script></body>"), encoding="utf-8")
+        ".setAttribute('data-decoded', String(ok)); document.body.setAttribute('data-charts', "
+        "String([...document.querySelectorAll('svg.chart')].filter(s => { const r = s"
+        ".getBoundingClientRect(); return r.width >= 200 && r.height >= 50 && s"
+        ".querySelectorAll('path, text').length > 10; }).length)); });</script></body>"), encoding="utf-8")
     res = _run_chromium(binary, tmp_path, "--virtual-time-budget=5000", "--dump-dom",
                         probe.as_uri())
     assert res.returncode == 0, res.stderr[-2000:]
@@ -333,6 +350,9 @@ def test_report_in_headless_chromium(full_page, tmp_path):
     assert "metric-table" in dom.ids and "class-table" in dom.ids
     assert len(dom.img_src) == 24
     assert 'data-decoded="24"' in res.stdout
+    # The charts: matplotlib's inline SVG, every one laid out at its size by the browser.
+    charts = html.count('<svg class="chart"')
+    assert charts >= 4 and f'data-charts="{charts}"' in res.stdout
 
     shot = tmp_path / "shot.png"
     res = _run_chromium(binary, tmp_path, "--window-size=1280,2400", f"--screenshot={shot}",

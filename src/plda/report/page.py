@@ -16,7 +16,7 @@ from plda.errors import ConfigError
 from plda.report.gallery import Gallery, GalleryRow, build_gallery, choose_split
 from plda.report.rundata import (RunData, TrainLog, known_sections, label_stages, load_run,
                                  split_entries, train_logs, train_stages)
-from plda.report.svg import SERIES_COLOURS, grouped_hbar_chart, line_chart
+from plda.report.charts import SERIES_COLOURS, grouped_hbar_chart, line_chart
 
 REPORT_NAME = "report.html"
 
