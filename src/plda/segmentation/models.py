@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from plda.errors import ConfigError, WeightsError
 from plda.models.layers import dilated_depthwise_conv2d, use_fast_dilated_depthwise
+from plda.registry import BACKBONES
 
 ARCHS: tuple[str, ...] = ("deeplab_v2", "deeplab_v1_largefov", "deeplab_lite", "deeplab_v3plus",
                           "deeplab_lite_plus")
@@ -54,8 +55,6 @@ SEG_WEIGHTS = "segmentation.safetensors"
 def low_level(backbone: str) -> str | None:
     """The stride-4 level backbone ``backbone`` offers the decoders: its registry entry's
     ``low_level`` (``plda.registry.BACKBONES``), or None when it names none."""
-    from plda.registry import BACKBONES
-
     return BACKBONES.get(backbone).meta.get("low_level")
 
 
@@ -273,7 +272,6 @@ def build_segmentation_net(arch: str, backbone: str, num_classes: int, *, output
     ``frozen_bn`` keeps the backbone's BatchNorm statistics and affine parameters fixed (as the
     reference); the head's BatchNorm always trains."""
     from plda.models.backbones import build_backbone
-    from plda.registry import BACKBONES
 
     if arch not in ARCHS:
         raise ConfigError(f"seg.model.arch={arch!r}: unknown; expected one of {list(ARCHS)}")
