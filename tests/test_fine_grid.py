@@ -152,3 +152,30 @@ def test_a_finished_run_is_kept_with_its_seed_maps(tmp_path):
     assert sorted(p.name for p in kept.iterdir()) == [seedmaps.SEED_MAPS, seedmaps.RESULT]
     assert json.loads((kept / seedmaps.RESULT).read_text()) == {"val_miou_13": 30.0}
     jobs.keep_result(run, None, out)  # nothing asked: nothing copied, no error
+
+
+def test_undilated_stride_8_keeps_the_kernels_footprint_and_the_weights():
+    """model.dilate=false: a 28 x 28 grid at crop 224 with no dilated convolution, the same
+    parameters as the stride-32 network (a coarse run's weights load as they are), and a
+    different fingerprint only where set; backbones that cannot drop a stride say so."""
+    from plda.errors import ConfigError
+    from plda.methods.build import build_stage1_model
+    from plda.pipeline.run import fingerprints
+
+    cfg = load_run_config("voc12subset_fine_cam_effnetlite0", ["model.pretrained=null",
+                                                              "model.dilate=false"])
+    model = build_stage1_model(cfg, 20)
+    assert jobs.cam_grid(model, 224) == [28, 28]
+    assert all(max(m.dilation) == 1 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    coarse = build_stage1_model(load_run_config("voc12subset_cam_effnetlite0",
+                                                ["model.pretrained=null"]), 20)
+    assert {k: v.shape for k, v in model.state_dict().items()} == \
+        {k: v.shape for k, v in coarse.state_dict().items()}
+    dilated = load_run_config("voc12subset_fine_cam_effnetlite0", ["model.pretrained=null"])
+    assert any(max(m.dilation) > 1 for m in build_stage1_model(dilated, 20).modules()
+               if isinstance(m, torch.nn.Conv2d))
+    a, b = fingerprints(dilated), fingerprints(cfg)
+    assert a["data"] == b["data"] and a["train"] != b["train"]
+    with pytest.raises(ConfigError, match="resnet38.*always dilates"):
+        build_stage1_model(load_run_config("voc12subset_fine_cam_effnetlite0", [
+            "model.pretrained=null", "model.dilate=false", "model.backbone=resnet38"]), 20)

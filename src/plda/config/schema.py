@@ -55,6 +55,11 @@ class ModelConfig:
     # 8 (the reference: dilated last stages), 16, or 32 (no dilation; EfficientNet-Lite0 as
     # ImageNet trained it, plain CAM's CPU preset). ResNet-38 supports 8 only.
     output_stride: int = 8
+    # Below the backbone's own stride, the later stages run with stride 1 and are dilated by
+    # the stride they lost (true, DeepLab) or keep their kernels' ImageNet footprint in feature
+    # cells (false: a smaller receptive field, no lattice from dilated pretrained depthwise
+    # kernels; efficientnet_lite0 only).
+    dilate: bool = True
     frozen_bn: bool = True
     # A trained stage-1 baseline to start from: a run folder (its stage1.safetensors or latest
     # checkpoint) or a weights file (ours, or the published SEAM / PLDA .pth). It loads over

@@ -25,7 +25,8 @@ def build_stage1_model(cfg, num_classes: int, pretrained: bool = True):
         backbone = build_backbone(cfg.model.backbone,
                                   pretrained=cfg.model.pretrained if pretrained else None,
                                   output_stride=cfg.model.output_stride,
-                                  frozen_bn=cfg.model.frozen_bn)
+                                  frozen_bn=cfg.model.frozen_bn,
+                                  **({} if cfg.model.dilate else {"dilate": False}))
         model = build_method(cfg.method, backbone, num_classes)
     if pretrained and cfg.model.init_from:
         from plda.methods.init_from import init_from

@@ -78,6 +78,8 @@ def _model_settings(model) -> dict:
     so a re-trained baseline makes the run stale) only when set: runs made before the setting
     existed keep their fingerprints."""
     values = asdict(model)
+    if not values.pop("dilate"):  # recorded only when off: earlier runs keep their prints
+        values["dilate"] = False
     source, strict = values.pop("init_from"), values.pop("init_from_strict")
     if source:
         from plda.methods.init_from import file_digest

@@ -21,19 +21,34 @@ __all__ = ["Backbone", "LoadReport", "build_backbone", "ResNet38",
            "IMAGENET_MEAN", "IMAGENET_STD", "EFFNET_LITE_MEAN", "EFFNET_LITE_STD"]
 
 
-def build_backbone(name: str, *, pretrained: str | None = None, output_stride: int = 8,
-                   frozen_bn: bool = True, **kwargs) -> Backbone:
-    """Build backbone ``name`` (registered in ``plda.registry.BACKBONES``) and load ``pretrained`` weights: a file
-    (.safetensors, weights-only .pth, MXNet .params for resnet38) or a special name
-    ("imagenet" for efficientnet_lite0; "torchvision" / "torchvision:IMAGENET1K_V2" for the
-    ResNets). ``kwargs``: ``frozen_layers`` (module names kept frozen; default per backbone)."""
-    unknown = sorted(set(kwargs) - {"frozen_layers"})
-    if unknown:
-        raise ConfigError(f"unknown backbone option(s) {unknown}; expected frozen_layers")
+def _takes_dilate(name: str) -> bool:
+    import inspect
+
     from plda.registry import BACKBONES
 
-    backbone: Backbone = BACKBONES.build(name, output_stride=output_stride, frozen_bn=frozen_bn,
-                                         **kwargs)
+    return "dilate" in inspect.signature(BACKBONES.get(name).obj).parameters
+
+
+def build_backbone(name: str, *, pretrained: str | None = None, output_stride: int = 8,
+                   frozen_bn: bool = True, **kwargs) -> Backbone:
+    """Build backbone ``name`` (registered in ``plda.registry.BACKBONES``) and load
+    ``pretrained`` weights: a file (.safetensors, weights-only .pth, MXNet .params for
+    resnet38) or a special name ("imagenet" for efficientnet_lite0; "torchvision" /
+    "torchvision:IMAGENET1K_V2" for the ResNets). ``kwargs``: ``frozen_layers`` (module names
+    kept frozen; default per backbone), ``dilate`` (False: strides below the backbone's own
+    dropped without dilating, where the backbone supports it)."""
+    unknown = sorted(set(kwargs) - {"frozen_layers", "dilate"})
+    if unknown:
+        raise ConfigError(f"unknown backbone option(s) {unknown}; expected frozen_layers, "
+                          "dilate")
+    from plda.registry import BACKBONES
+
+    entry = BACKBONES.get(name)
+    if "dilate" in kwargs and not _takes_dilate(name):
+        raise ConfigError(f"model.dilate={kwargs['dilate']}: backbone {name!r} always dilates "
+                          "below its own stride; dilate=false is supported by "
+                          f"{[n for n in BACKBONES if _takes_dilate(n)]}")
+    backbone: Backbone = entry.build(output_stride=output_stride, frozen_bn=frozen_bn, **kwargs)
     if pretrained:
         backbone.load_pretrained(pretrained)
     return backbone

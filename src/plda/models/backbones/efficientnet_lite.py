@@ -120,11 +120,13 @@ class MBConvBlock(nn.Module):
         return h + x if self.residual else h
 
 
-def _build_trunk(net: nn.Module, output_stride: int) -> list[tuple[int, int, int]]:
+def _build_trunk(net: nn.Module, output_stride: int, dilate: bool = True
+                 ) -> list[tuple[int, int, int]]:
     """Add the stem, the 16 MBConv blocks and the 1280-channel head conv to ``net`` (shared by
     backbone and classifier, with the package's names) and return (last block index, channels,
     stride) per stage. A stage whose stride would push the total past ``output_stride`` gets
-    stride 1 and that much more dilation instead (DeepLab-style), in every block of the stage."""
+    stride 1 and that much more dilation instead (DeepLab-style), in every block of the stage;
+    with ``dilate=False`` it gets stride 1 alone (its kernels cover fewer image pixels)."""
     if output_stride not in (8, 16, 32):
         raise ConfigError(f"output_stride={output_stride} is not supported by "
                           "efficientnet_lite0; expected 8, 16 or 32")
@@ -134,7 +136,7 @@ def _build_trunk(net: nn.Module, output_stride: int) -> list[tuple[int, int, int
     total, dilation, in_ch = 2, 1, STEM_CHANNELS
     for kernel, stride, expand, out_ch, repeats in LITE0_STAGES:
         if total * stride > output_stride:
-            dilation, stride = dilation * stride, 1
+            dilation, stride = (dilation * stride if dilate else 1), 1
         total *= stride
         for i in range(repeats):
             blocks.append(MBConvBlock(in_ch, out_ch, kernel, stride if i == 0 else 1, expand,
@@ -197,9 +199,9 @@ class EfficientNetLite0(Backbone):
     pretrained_names = ("imagenet",)
 
     def __init__(self, *, output_stride: int = 8, frozen_bn: bool = True,
-                 frozen_layers: Sequence[str] | None = None) -> None:
+                 frozen_layers: Sequence[str] | None = None, dilate: bool = True) -> None:
         super().__init__(frozen_bn=frozen_bn)
-        stages = _build_trunk(self, output_stride)
+        stages = _build_trunk(self, output_stride, dilate)
         self._stage_ends = {end: f"stage{i}" for i, (end, _, _) in enumerate(stages, 1)}
         self.channels = {"stem": STEM_CHANNELS, **{f"stage{i}": channels for i, (_, channels, _)
                                                    in enumerate(stages, 1)}, "head": HEAD_CHANNELS}
