@@ -15,13 +15,14 @@ computed on val, so the choice cannot be tuned on it.
 - ``crop448_stride16``: crop 448 (long side 448-768), output stride 16 (dilation 2 in the last
   stage only, as the SEAM family's coarse preset).
 
-Per candidate (``OUT/<name>/choice.json``, copied under ``--keep``): train seed mIoU over the
-13 supported classes and over the classes present, the threshold, seconds per training step,
-minutes per stage, the CAM grid and the *lattice score* of its CAMs: on the CAM's own grid
-(the image's CAM averaged over cells of the output stride), the mean absolute discrete
-Laplacian over the mean CAM value, per present class, averaged over the images. A smooth map
-scores low; the lattice of dots that dilated pretrained depthwise kernels leave scores high.
-The same score of the start run's own CAMs is the reference. ``OUT/cams.jpg``: the same
+Per candidate (``OUT/<name>/<method>/choice.json``, copied under ``--keep``): train seed mIoU
+over the 13 supported classes and over the classes present, the threshold, seconds per
+training step, minutes per stage, the CAM grid and the *high-frequency share* of its CAMs: of
+each class map's spectral power (mean removed, at image size), the share at periods under 32
+pixels, averaged over the maps of ``--images`` training images. A coarse map upsampled from
+32-pixel cells has almost none; detail a fine grid resolves adds some; the lattice of dots that
+dilated pretrained depthwise kernels leave adds much more. The start run's share is the
+reference. ``OUT/cams.jpg``: the same
 training images' CAMs of the start run and of every candidate, side by side.
 """
 
@@ -47,31 +48,30 @@ CANDIDATES = {
 RESULT = "choice.json"
 
 
-def lattice_score(cams: np.ndarray, stride: int) -> float:
-    """Mean |discrete Laplacian| over the mean value of ``cams`` (C, H, W) on their own grid
-    (cells of ``stride`` pixels), averaged over the maps; 0 for a linear ramp."""
-    c, h, w = cams.shape
-    gh, gw = h // stride, w // stride
-    if gh < 3 or gw < 3:
+def hf_share(cam: np.ndarray, period: float = 32.0) -> float:
+    """The share of ``cam``'s (H, W) spectral power, mean removed, at periods under ``period``
+    pixels (NaN for a constant map)."""
+    centred = cam - cam.mean()
+    power = np.abs(np.fft.rfft2(centred)) ** 2
+    fy = np.fft.fftfreq(cam.shape[0])[:, None]
+    fx = np.fft.rfftfreq(cam.shape[1])[None, :]
+    total = power.sum()
+    if total <= 0:
         return float("nan")
-    cells = cams[:, :gh * stride, :gw * stride].reshape(c, gh, stride, gw, stride).mean((2, 4))
-    lap = (4 * cells[:, 1:-1, 1:-1] - cells[:, :-2, 1:-1] - cells[:, 2:, 1:-1]
-           - cells[:, 1:-1, :-2] - cells[:, 1:-1, 2:])
-    scores = [np.abs(lap[k]).mean() / cells[k].mean() for k in range(c) if cells[k].mean() > 0]
-    return float(np.mean(scores)) if scores else float("nan")
+    return float(power[np.hypot(fy, fx) > 1.0 / period].sum() / total)
 
 
-def run_lattice(run: Path, split: str, images: int) -> float:
-    """The lattice score of the first ``images`` CAM files of ``run``'s ``split``."""
-    from plda.config import load_run_folder_config
+def run_hf_share(run: Path, split: str, images: int) -> float:
+    """The mean high-frequency share of the class maps of the first ``images`` CAM files of
+    ``run``'s ``split``."""
     from plda.data.camfile import load_cams
 
-    stride = load_run_folder_config(run).model.output_stride
     files = sorted((run / "cams" / split).glob("*.npz"))[:images]
     if not files:
         raise SystemExit(f"{run}: no CAM files of split {split!r}")
-    return float(np.nanmean([lattice_score(np.asarray(load_cams(f).cams, np.float32), stride)
-                             for f in files]))
+    shares = [hf_share(cam) for f in files
+              for cam in np.asarray(load_cams(f).cams, np.float32)]
+    return float(np.nanmean(shares))
 
 
 def _seconds_per_step(run: Path) -> float | None:
@@ -122,7 +122,6 @@ def run_candidate(name: str, start: Path, out: Path, data: Path, epochs: int, im
     row.update(candidate=name, overrides=overrides, start=str(start),
                cam_grid=cam_grid(model, cfg.data.crop), output_stride=cfg.model.output_stride,
                crop=cfg.data.crop, seconds_per_step=_seconds_per_step(run),
-               lattice=run_lattice(run, "train", images), lattice_images=images,
                minutes=(time.perf_counter() - t0) / 60.0, commit=began,
                finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(result, row)
@@ -180,8 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--candidates", default=",".join(CANDIDATES))
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--images", type=int, default=200, help="training images the lattice "
-                   "score reads")
+    p.add_argument("--images", type=int, default=200, help="training images the "
+                   "high-frequency share reads")
     p.add_argument("--keep", type=Path, default=None, help="copy each choice.json (and "
                    "cams.jpg) here, the results kept in the repository")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every candidate")
@@ -195,8 +194,14 @@ def main(argv=None) -> int:
                           args.images, args.overrides)
             for name in filter(None, args.candidates.split(","))]
     method, _ = _start_overrides(start)
-    reference = {"candidate": "start (coarse)", "lattice": run_lattice(start, "train",
-                                                                      args.images),
+    for row in rows:  # measured here, so every run is read the same way
+        run = args.out.resolve() / row["candidate"] / method
+        row.pop("lattice", None)
+        row.pop("lattice_images", None)
+        row.update(hf_share=run_hf_share(run, "train", args.images), hf_images=args.images)
+        atomic_write_json(run / RESULT, row)
+    reference = {"candidate": "start (coarse)", "hf_share": run_hf_share(start, "train",
+                                                                        args.images),
                  "train_miou_13": None, "train_miou_present": None}
     start_row = start / "verdict.json"
     if start_row.is_file():
@@ -205,15 +210,16 @@ def main(argv=None) -> int:
                          train_miou_present=verdict["train_miou_present"],
                          bg_threshold=verdict["bg_threshold"], cam_grid=verdict.get("cam_grid"))
     table = [reference, *rows]
-    print_table(["candidate", "grid", "train 13", "train", "thr", "lattice", "s/step", "min"],
+    print_table(["candidate", "grid", "train 13", "train", "thr", "HF %", "s/step", "min"],
                 [(r["candidate"], "x".join(map(str, r.get("cam_grid") or [])) or None,
                   r.get("train_miou_13"), r.get("train_miou_present"), r.get("bg_threshold"),
-                  r.get("lattice"), r.get("seconds_per_step"), r.get("minutes"))
+                  100 * r["hf_share"], r.get("seconds_per_step"), r.get("minutes"))
                  for r in table],
-                {"train 13": ".1f", "train": ".1f", "thr": ".2f", "lattice": ".3f",
+                {"train 13": ".1f", "train": ".1f", "thr": ".2f", "HF %": ".2f",
                  "s/step": ".2f", "min": ".1f"})
     print("Training split only (CAMs, threshold and scores): seed mIoU over the 13 supported "
-          "classes / the classes present; lattice: the CAMs' roughness on their own grid.")
+          "classes / the classes present; HF %: the share of the CAMs' power at periods under "
+          "32 pixels.")
     runs = {"start (coarse)": start, **{r["candidate"]: args.out.resolve() / r["candidate"]
                                         / method for r in rows}}
     panel = cam_panel(runs, args.data.resolve(), args.out / "cams.jpg")

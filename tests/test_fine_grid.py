@@ -179,3 +179,24 @@ def test_undilated_stride_8_keeps_the_kernels_footprint_and_the_weights():
     with pytest.raises(ConfigError, match="resnet38.*always dilates"):
         build_stage1_model(load_run_config("voc12subset_fine_cam_effnetlite0", [
             "model.pretrained=null", "model.dilate=false", "model.backbone=resnet38"]), 20)
+
+
+@pytest.mark.parametrize("name", ["stride8_dilated", "stride8_undilated", "crop448_stride16"])
+def test_fine_grid_candidates_give_a_28_by_28_grid(tmp_path, name):
+    from benchmarks.fine_grid_choice import CANDIDATES
+    from plda.methods.build import build_stage1_model
+
+    grid, overrides = CANDIDATES[name]
+    _, _, cfg = voc12subset.method_config("cam", tmp_path, tmp_path, [
+        "model.pretrained=null", *overrides], refine="none", grid=grid)
+    assert jobs.cam_grid(build_stage1_model(cfg, 20), cfg.data.crop) == [28, 28]
+
+
+def test_high_frequency_share_tells_a_lattice_from_a_smooth_map():
+    from benchmarks.fine_grid_choice import hf_share
+
+    y, x = np.mgrid[:224, :224]
+    blob = np.exp(-((y - 112) ** 2 + (x - 100) ** 2) / (2 * 40.0 ** 2))
+    dots = blob * (1 + ((y // 8) % 2 == 0) * ((x // 8) % 2 == 0))
+    assert hf_share(blob) < 0.001 < 0.1 < hf_share(dots)
+    assert np.isnan(hf_share(np.ones((8, 8))))
