@@ -13,7 +13,7 @@ from plda.data.camfile import save_cams
 from plda.errors import ConfigError, DataError
 from plda.evaluation.evaluate import (evaluate_cams, evaluate_labels, find_ids, read_class_names,
                                       read_id_list)
-from plda.evaluation.metrics import VOC_CLASSES
+from plda.data.layout import VOC_CLASSES
 from plda.data.labels import load_label_png, save_label_png
 
 

@@ -11,7 +11,7 @@ from plda.errors import DataError, WeightsError
 from plda.methods import (LossWeights, MethodConfig, PLDAConfig, SEAMConfig, SEAMPLDAModel,
                           build_method, convert_reference_state_dict,
                           to_reference_state_dict)
-from plda.methods.seam_plda import dropout_disabled
+from plda.methods.plda import dropout_disabled
 
 NUM_CLASSES = 3
 TERMS = {

@@ -24,7 +24,8 @@ import numpy as np
 
 from plda.data.camfile import load_cams
 from plda.errors import ConfigError, DataError
-from plda.evaluation.metrics import VOC_CLASSES, confusion_matrix, scores
+from plda.data.layout import VOC_CLASSES
+from plda.evaluation.metrics import confusion_matrix, scores
 from plda.inference.seeds import foreground
 from plda.utils.io import check_id, safe_join
 from plda.utils.parallel import map_sum

@@ -29,7 +29,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from plda.data.layout import VOC_CLASSES  # noqa: F401  (re-exported; defined once, in the data layer)
 
 
 def _confusion_uint8(pred: np.ndarray, gt: np.ndarray, n: int, ignore_index: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from plda.errors import WeightsError
 from plda.methods.domain import DomainClassifier
-from plda.methods.plda import WithPLDA, dropout_disabled, rename_legacy_keys  # noqa: F401
+from plda.methods.plda import WithPLDA, rename_legacy_keys
 from plda.methods.seam import SEAMModel
 from plda.registry import METHODS
 
