@@ -106,6 +106,34 @@ class Refiner:
         raise NotImplementedError
 
 
+class SeedScoreRefiner(Refiner):
+    """A refiner of each image's seed scores alone: the background plane at the run's chosen
+    threshold stacked on its CAMs (:func:`seed_scores`), with the image at the CAMs' size;
+    subclasses implement :meth:`refine_scores`."""
+
+    def setup(self, dist) -> None:
+        from plda.runfolder import background_threshold
+
+        self.threshold = background_threshold(self.cfg)
+
+    def pseudo_info(self) -> dict:
+        return {"bg_threshold": self.threshold}
+
+    def mask(self, image_id: str, cam_path: Path, image_path: Path) -> np.ndarray:
+        from plda.data.camfile import load_cams
+        from plda.inference.seeds import load_image_for_cams
+
+        probs, keys = seed_scores(cam_path, self.threshold)
+        image = load_image_for_cams(image_path, load_cams(cam_path), cam_path)
+        return self.refine_scores(image, probs, keys)
+
+    def refine_scores(self, image: np.ndarray, probs: np.ndarray, keys: np.ndarray
+                      ) -> np.ndarray:
+        """The label map (uint8, label values ``keys``) of ``probs`` (planes, H, W) refined
+        on ``image`` ((H, W, 3) uint8)."""
+        raise NotImplementedError
+
+
 def pending(cfg: RunConfig, split: str, ids: list[str], out: Path
             ) -> list[tuple[str, Path, Path]]:
     """``(id, output file, CAM file)`` of the images in ``ids`` whose output is not written
@@ -193,5 +221,5 @@ def refiner_classes() -> dict[str, type[Refiner]]:
     return {name: REFINERS.get(name).obj for name in REFINERS.names()}
 
 
-__all__ = ["Refiner", "build_refiner", "pending", "refiner_classes", "resize_image",
+__all__ = ["Refiner", "SeedScoreRefiner", "build_refiner", "pending", "refiner_classes", "resize_image",
            "resize_labels", "resize_maps", "seed_scores", "train_refiner_net"]
