@@ -44,6 +44,7 @@ from pathlib import Path
 
 from benchmarks.common import DEFAULT_DATA, preset_methods
 from benchmarks.table import print_table
+from plda.registry import REFINERS
 
 # Every registered method with a preset of this suite (voc12subset_<method>_effnetlite0).
 METHODS = preset_methods("voc12subset_{method}_effnetlite0")
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--grid", choices=GRIDS, default="coarse", help="coarse: the suite's "
                    "presets; fine: those on a CAM grid of at least 28 x 28 (voc12subset_fine_*, "
                    "synth_fine_*)")
-    p.add_argument("--refine", choices=("irn", "affinity", "crf", "pamr", "none"), default="irn",
+    p.add_argument("--refine", choices=(*REFINERS.names(), "none"), default="irn",
                    help="refinement of the training split's seeds into pseudo masks "
                         "(pseudo/train/<id>.png; default irn, the preset's)")
     p.add_argument("--no-seg", action="store_true",
