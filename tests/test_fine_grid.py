@@ -162,8 +162,8 @@ def test_undilated_stride_8_keeps_the_kernels_footprint_and_the_weights():
     from plda.methods.build import build_stage1_model
     from plda.pipeline.run import fingerprints
 
-    cfg = load_run_config("voc12subset_fine_cam_effnetlite0", ["model.pretrained=null",
-                                                              "model.dilate=false"])
+    stride8 = ["model.pretrained=null", "model.output_stride=8"]
+    cfg = load_run_config("voc12subset_cam_effnetlite0", [*stride8, "model.dilate=false"])
     model = build_stage1_model(cfg, 20)
     assert jobs.cam_grid(model, 224) == [28, 28]
     assert all(max(m.dilation) == 1 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -171,14 +171,14 @@ def test_undilated_stride_8_keeps_the_kernels_footprint_and_the_weights():
                                                 ["model.pretrained=null"]), 20)
     assert {k: v.shape for k, v in model.state_dict().items()} == \
         {k: v.shape for k, v in coarse.state_dict().items()}
-    dilated = load_run_config("voc12subset_fine_cam_effnetlite0", ["model.pretrained=null"])
+    dilated = load_run_config("voc12subset_cam_effnetlite0", stride8)
     assert any(max(m.dilation) > 1 for m in build_stage1_model(dilated, 20).modules()
                if isinstance(m, torch.nn.Conv2d))
     a, b = fingerprints(dilated), fingerprints(cfg)
     assert a["data"] == b["data"] and a["train"] != b["train"]
     with pytest.raises(ConfigError, match="resnet38.*always dilates"):
-        build_stage1_model(load_run_config("voc12subset_fine_cam_effnetlite0", [
-            "model.pretrained=null", "model.dilate=false", "model.backbone=resnet38"]), 20)
+        build_stage1_model(load_run_config("voc12subset_cam_effnetlite0", [
+            *stride8, "model.dilate=false", "model.backbone=resnet38"]), 20)
 
 
 @pytest.mark.parametrize("name", ["stride8_dilated", "stride8_undilated", "crop448_stride16"])
