@@ -18,7 +18,10 @@ faster of oneDNN and the joint-view GEMM, measured once per machine; or forced),
 (the trainer's ``train.channels_last``; ``auto`` times both once per machine, as the trainer
 does), ``--step-in-backward``, ``--dilated-paths`` (the dilated depthwise convolutions' kernels:
 ``auto`` each of forward and weight gradient measured per layer shape, ``fixed`` oneDNN's weight
-gradient and the forward by the padding rule, ``benchmarks/dilated_depthwise.py``).
+gradient and the forward by the padding rule, ``benchmarks/dilated_depthwise.py``),
+``--malloc`` (``tuned``: glibc keeps freed blocks for reuse, as the ``plda`` command sets it;
+``system``: the C library's thresholds, under which every large activation is mapped and zeroed
+again each step; ``plda.utils.malloc``).
 
 ``--shapes 224/16,224/8,448/16``: rows for each crop/output-stride pair side by side (the
 coarse and fine CAM grids), each with its CAM grid and its time per step relative to the first
@@ -45,6 +48,7 @@ from pathlib import Path
 from benchmarks import published_code
 from benchmarks.common import commit, module_command, run_worker
 from benchmarks.table import print_table
+from plda.utils.malloc import MODES as MALLOC_MODES
 
 
 def _peak_mb(device) -> float:
@@ -71,7 +75,9 @@ def worker(args) -> dict:
     from plda.methods.config import MethodConfig
     from plda.models.backbones import build_backbone
     from plda.models.fastpath import resolve_amp
+    from plda.utils.malloc import tune_allocator
 
+    allocator = tune_allocator()  # PLDA_MALLOC, set per variant (--malloc)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -145,7 +151,8 @@ def worker(args) -> dict:
         "batch": args.batch,
         "crop": args.crop, "amp": args.amp, "amp_run": amp_run, "conv_path": args.conv_path,
         "channels_last": channels_last, "threads": args.threads, "device": args.device,
-        "step_in_backward": in_backward, "seconds_per_step": statistics.median(measured),
+        "step_in_backward": in_backward, "malloc": allocator["mode"],
+        "seconds_per_step": statistics.median(measured),
         "seconds_min": min(measured), "peak_memory_mb": _peak_mb(device),
         "loss_first": losses_seen[0], "loss_last": losses_seen[-1],
     }
@@ -235,6 +242,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="the top operators of one step")
     p.add_argument("--dilated-paths", default="auto", help="comma list of auto,fixed: the "
                    "dilated depthwise convolutions' paths (module doc)")
+    p.add_argument("--malloc", default="tuned", help="comma list of tuned,system: the memory "
+                   "allocator's thresholds (PLDA_MALLOC, plda.utils.malloc)")
     p.add_argument("--steps", type=int, default=3, help="measured steps (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -270,22 +279,26 @@ def main(argv=None) -> int:
                                               "--reference", args.reference, *common, "--crop",
                                               str(shapes[0][0])),
                                published_code.worker_env(args.reference), "published code")
-    variants = [(crop, stride, amp, path, cl, sib, wgrad) for crop, stride in shapes
+    variants = [(crop, stride, amp, path, cl, sib, wgrad, alloc) for crop, stride in shapes
                 for amp in args.amp.split(",") for path in args.conv_path.split(",")
                 for cl in args.channels_last.split(",")
                 for sib in args.step_in_backward.split(",")
-                for wgrad in args.dilated_paths.split(",")]
-    for crop, stride, amp, path, cl, sib, wgrad in variants:
+                for wgrad in args.dilated_paths.split(",")
+                for alloc in args.malloc.split(",")]
+    for crop, stride, amp, path, cl, sib, wgrad, alloc in variants:
         if wgrad not in DILATED_PATHS:
             raise SystemExit(f"--dilated-paths: {wgrad!r}: expected {', '.join(DILATED_PATHS)}")
+        if alloc not in MALLOC_MODES:
+            raise SystemExit(f"--malloc: {alloc!r}: expected {', '.join(MALLOC_MODES)}")
         weight_grad, forward = DILATED_PATHS[wgrad]
         env = dict(os.environ, PLDA_CONV_PATH=path, PLDA_DILATED_WEIGHT_GRAD=weight_grad,
-                   PLDA_DILATED_FORWARD=forward)
+                   PLDA_DILATED_FORWARD=forward, PLDA_MALLOC=alloc)
         row = run_worker(module_command("train_step", "--worker", "--amp", amp, "--conv-path",
                                         path, "--channels-last", cl, "--step-in-backward", sib,
                                         "--crop", crop, "--output-stride", stride, *common), env,
                          f"crop={crop} stride={stride} amp={amp} conv-path={path} "
-                   f"channels-last={cl} step-in-backward={sib} dilated-paths={wgrad}")
+                   f"channels-last={cl} step-in-backward={sib} dilated-paths={wgrad} "
+                   f"malloc={alloc}")
         rows.append({**row, "dilated_paths": wgrad})
     print(f"{dt.date.today()} | commit {commit()} | torch {torch.__version__} | "
           f"{platform.machine()}")
@@ -299,7 +312,7 @@ def main(argv=None) -> int:
         cells = [k, r["code"], r["crop"], r.get("output_stride"),
                  "x".join(map(str, r.get("cam_grid") or [])) or None, amp, r["conv_path"],
                  "yes" if r["channels_last"] else "no", "yes" if r["step_in_backward"] else "no",
-                 r.get("dilated_paths"), r["seconds_per_step"], r["seconds_min"],
+                 r.get("dilated_paths"), r.get("malloc"), r["seconds_per_step"], r["seconds_min"],
                  r["peak_memory_mb"], *_ratios(r, first)]
         if reference:
             cells += published_code.ratios(r, reference, "seconds_per_step", "peak_memory_mb")
@@ -307,7 +320,7 @@ def main(argv=None) -> int:
         ops += [(k, op["percent"], op["ms"], op["calls"], op["op"])
                 for op in r.get("top_ops") or []]
     print_table(["row", "code", "crop", "OS", "grid", "amp", "conv path", "NHWC", "step in bwd",
-                 "dilated", "s/step", "min", "peak MB", "x step", "x /px", "x /cell",
+                 "dilated", "malloc", "s/step", "min", "peak MB", "x step", "x /px", "x /cell",
                  *(published_code.RATIO_COLUMNS if reference else ())], table,
                 {"s/step": ".2f", "min": ".2f", "peak MB": ".0f", "x step": ".2f",
                  "x /px": ".2f", "x /cell": ".2f", **published_code.RATIO_FORMATS})

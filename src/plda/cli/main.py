@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     debug = args.debug or os.environ.get("PLDA_DEBUG", "") not in ("", "0")
     try:
+        from plda.utils.malloc import tune_allocator
+
+        tune_allocator()  # PLDA_MALLOC; before the command allocates anything large
         with contextlib.ExitStack() as stack:  # locks a command takes are released here
             args.exit_stack = stack
             return int(args.func(args) or 0)

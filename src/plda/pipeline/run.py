@@ -382,8 +382,10 @@ def run_pipeline(cfg: RunConfig, *, start: str | None = None, until: str | None 
 
     The report stage is re-written whenever any earlier stage ran in this call (it is cheap and
     shows them all). Holds the run folder's lock (:mod:`plda.utils.runlock`) throughout."""
+    from plda.utils.malloc import tune_allocator
     from plda.utils.runlock import run_lock
 
+    tune_allocator()  # freed activations reused, not mapped again each step (PLDA_MALLOC)
     with run_lock(run_dir(cfg)):
         return _run_pipeline(cfg, start=start, until=until, log=log)
 
