@@ -126,14 +126,16 @@ def main(argv=None) -> int:
     from benchmarks.common import commit
     from benchmarks.table import print_table
     from plda.models.fastpath import describe_cpu
+    from plda.utils.malloc import tune_allocator
 
+    allocator = tune_allocator()  # as training runs (PLDA_MALLOC=system for glibc's own)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = layer_shapes(args.output_stride, args.crop, args.batch)
     if not shapes:
         raise SystemExit(f"output stride {args.output_stride}: no dilated depthwise layer")
     print(f"{dt.date.today()} | commit {commit()} | torch {torch.__version__}")
-    print(describe_cpu())
+    print(f"{describe_cpu()} | malloc: {allocator['mode']}")
     print(f"efficientnet_lite0 at output stride {args.output_stride}, crop {args.crop}, batch "
           f"{args.batch}: ms per training pass of one layer (median of {args.repeat})")
     names = ("plain", "fast (before)", "fast", "undilated")
