@@ -50,11 +50,11 @@ def _refine_settings(cfg: RunConfig) -> dict:
 
     method = cfg.refine.method
     settings: dict[str, Any] = {"method": method, "splits": refine_splits(cfg)}
-    values = build_refiner(cfg).settings()
+    refiner = build_refiner(cfg)
+    values = refiner.settings()
     if values is not None:
-        if isinstance(values.get("train"), dict):
-            section = build_refiner(cfg).section()
-            values["train"] = _train_settings(section.train)
+        if isinstance(values.get("train"), dict):  # its training section, bookkeeping left out
+            values["train"] = _train_settings(refiner.section().train)
         settings[method] = values
     return settings
 

@@ -214,12 +214,5 @@ def build_refiner(cfg: RunConfig, name: str | None = None) -> Refiner:
     return refiner
 
 
-def refiner_classes() -> dict[str, type[Refiner]]:
-    """Every registered refiner class by name (built-ins first, in registration order)."""
-    from plda.registry import REFINERS
-
-    return {name: REFINERS.get(name).obj for name in REFINERS.names()}
-
-
-__all__ = ["Refiner", "SeedScoreRefiner", "build_refiner", "pending", "refiner_classes", "resize_image",
-           "resize_labels", "resize_maps", "seed_scores", "train_refiner_net"]
+__all__ = ["Refiner", "SeedScoreRefiner", "build_refiner", "pending", "resize_image", "resize_labels",
+           "resize_maps", "seed_scores", "train_refiner_net"]
