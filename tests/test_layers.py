@@ -104,6 +104,32 @@ def test_each_fast_path_equals_dilated_conv(kernel, dilation, size, padding, for
     _compare(dilated_depthwise_conv2d, kernel, dilation, size, padding, torch.float64)
 
 
+@pytest.mark.parametrize("size,lopsided", [((12, 12), False), ((7, 9), False), ((12, 12), True)])
+def test_sub_grids_made_once_when_forward_and_weight_gradient_share_them(size, lopsided,
+                                                                        monkeypatch):
+    """On the sub-grid paths the forward's sub-grid input serves the weight gradient, and the
+    output gradient's sub-grids serve both gradients where they are the same tensor (TF "same"
+    padding, odd sizes included): two interleaves per training pass instead of four; with a
+    lopsided padding the gradient is padded differently for each: three."""
+    monkeypatch.setattr(layers, "DILATED_FORWARD", "subgrid")
+    monkeypatch.setattr(layers, "DILATED_WEIGHT_GRAD", "subgrid")
+    made = []
+    to_subgrids = layers._to_subgrids
+
+    def counting(x, dh, dw):
+        made.append(tuple(x.shape))
+        return to_subgrids(x, dh, dw)
+
+    monkeypatch.setattr(layers, "_to_subgrids", counting)
+    padding = _paddings(3, (2, 2), size)[int(lopsided)]
+    _compare(dilated_depthwise_conv2d, 3, (2, 2), size, padding, torch.float64)
+    made.clear()  # _compare also ran F.conv2d's reference; count one pass of ours alone
+    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    dilated_depthwise_conv2d(x, weight, dilation=2, padding=padding).sum().backward()
+    assert len(made) == (3 if lopsided else 2)
+
+
 def test_subgrid_weight_gradient_in_channels_last_and_float32():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 16, 14, 14, generator=g).contiguous(memory_format=torch.channels_last)

@@ -102,6 +102,26 @@ def _subgrid_plan(x: Tensor, kernel: Sequence[int], dilation: tuple[int, int],
     return (pad_left, pad_right, pad_top, pad_bottom), (sub_h, sub_w), (out_h, out_w)
 
 
+def _subgrid_input(x: Tensor, kernel: Sequence[int], dilation: tuple[int, int],
+                   padding: Padding):
+    """The padded input's sub-grids and what the undilated convolution over them needs: (sub-
+    grids, the explicit F.pad amounts, the sub-grids' symmetric padding, the exact output size,
+    whether ``x`` is channels-last)."""
+    explicit, sub_padding, out_size = _subgrid_plan(x, kernel, dilation, padding)
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if any(explicit):
+        x = F.pad(x, explicit)
+    return _to_subgrids(x, *dilation), explicit, sub_padding, out_size, channels_last
+
+
+def _subgrid_conv(sub, weight: Tensor, bias: Tensor | None, dilation: tuple[int, int],
+                  groups: int) -> Tensor:
+    """The convolution over ``sub`` (from ``_subgrid_input``), back on the full grid."""
+    sub_x, _, sub_padding, (out_h, out_w), channels_last = sub
+    y = F.conv2d(sub_x, weight, bias, 1, sub_padding, 1, groups)
+    return _from_subgrids(y, *dilation, channels_last)[:, :, :out_h, :out_w]
+
+
 def space_to_batch_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
                           dilation: int | Sequence[int], padding: Sequence[int] = (0, 0, 0, 0),
                           groups: int = 1) -> Tensor:
@@ -112,35 +132,42 @@ def space_to_batch_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     Output pixel (i, j) only reads padded pixels congruent to it modulo the dilation, so each
     sub-grid is an independent image on which the kernel taps, d apart on the full grid, are
     adjacent. Differentiable through plain tensor ops."""
-    dh, dw = _pair(dilation)
-    explicit, sub_padding, (out_h, out_w) = _subgrid_plan(x, weight.shape[-2:], (dh, dw),
-                                                          tuple(padding))
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    if any(explicit):
-        x = F.pad(x, explicit)
-    y = F.conv2d(_to_subgrids(x, dh, dw), weight, bias, 1, sub_padding, 1, groups)
-    return _from_subgrids(y, dh, dw, channels_last)[:, :, :out_h, :out_w]
+    dilation = _pair(dilation)
+    sub = _subgrid_input(x, weight.shape[-2:], dilation, tuple(padding))
+    return _subgrid_conv(sub, weight, bias, dilation, groups)
 
 
-def subgrid_weight_grad(x: Tensor, grad: Tensor, weight_shape: Sequence[int], *,
-                        dilation: int | Sequence[int], padding: Sequence[int]) -> Tensor:
+def _grad_padding(sub_x: Tensor, kernel: Sequence[int], dilation: tuple[int, int],
+                  sub_padding: tuple[int, int], out_size: tuple[int, int]) -> Padding:
+    """The zeros that extend the output gradient to the sub-grids' full output (F.pad order)."""
+    sub_h = sub_x.shape[-2] + 2 * sub_padding[0] - (kernel[0] - 1)
+    sub_w = sub_x.shape[-1] + 2 * sub_padding[1] - (kernel[1] - 1)
+    return 0, sub_w * dilation[1] - out_size[1], 0, sub_h * dilation[0] - out_size[0]
+
+
+def subgrid_weight_grad(x: Tensor | None, grad: Tensor, weight_shape: Sequence[int], *,
+                        dilation: int | Sequence[int], padding: Sequence[int],
+                        sub=None, sub_grad: Tensor | None = None) -> Tensor:
     """The weight gradient of ``F.conv2d(F.pad(x, padding), w, None, 1, 0, dilation,
     groups=C)`` for a depthwise ``w`` of ``weight_shape`` (C, 1, kh, kw), given the output's
     gradient ``grad``, as the undilated weight gradient over the sub-grids of
     ``space_to_batch_conv2d``: tap t of the kernel pairs output pixel i with input pixel
     i + t * d, and on the sub-grids that pair is one pixel apart. ``grad`` is zero-padded to
-    the sub-grids' full output (the rows the forward crops contribute nothing)."""
-    dh, dw = _pair(dilation)
+    the sub-grids' full output (the rows the forward crops contribute nothing).
+
+    ``sub``: the input's sub-grids as the forward made them (``_subgrid_input``), in place of
+    ``x``; ``sub_grad``: the gradient's sub-grids already made (for the input gradient) when
+    they are the same tensor this needs. Either saves its copies."""
+    dilation = _pair(dilation)
     kernel = tuple(weight_shape[-2:])
-    explicit, sub_padding, (out_h, out_w) = _subgrid_plan(x, kernel, (dh, dw), tuple(padding))
-    if any(explicit):
-        x = F.pad(x, explicit)
-    sub_x = _to_subgrids(x, dh, dw)
-    sub_h = sub_x.shape[-2] + 2 * sub_padding[0] - (kernel[0] - 1)
-    sub_w = sub_x.shape[-1] + 2 * sub_padding[1] - (kernel[1] - 1)
-    grad = F.pad(grad, (0, sub_w * dw - out_w, 0, sub_h * dh - out_h))
-    return torch.nn.grad.conv2d_weight(sub_x, tuple(weight_shape), _to_subgrids(grad, dh, dw), 1,
-                                       sub_padding, 1, x.shape[1])
+    if sub is None:
+        sub = _subgrid_input(x, kernel, dilation, tuple(padding))
+    sub_x, _, sub_padding, out_size, _ = sub
+    if sub_grad is None:
+        sub_grad = _to_subgrids(F.pad(grad, _grad_padding(sub_x, kernel, dilation, sub_padding,
+                                                          out_size)), *dilation)
+    return torch.nn.grad.conv2d_weight(sub_x, tuple(weight_shape), sub_grad, 1, sub_padding, 1,
+                                       sub_x.shape[1])
 
 
 def _native_weight_grad(x: Tensor, grad: Tensor, weight_shape: Sequence[int],
@@ -213,51 +240,74 @@ def _plain_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None,
 
 
 def _depthwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None,
-                       dilation: tuple[int, int], padding: Padding) -> Tensor:
+                       dilation: tuple[int, int], padding: Padding):
     """The dilated depthwise convolution by whichever of oneDNN's kernel and space-to-batch is
-    faster for this layer (``forward_path``)."""
+    faster for this layer (``forward_path``): (output, the input's sub-grids or None)."""
     if forward_path(x, weight, dilation, padding) == "subgrid":
-        return space_to_batch_conv2d(x, weight, bias, dilation=dilation, padding=padding,
-                                     groups=x.shape[1])
-    return _plain_depthwise(x, weight, bias, dilation, padding)
+        sub = _subgrid_input(x, weight.shape[-2:], dilation, padding)
+        return _subgrid_conv(sub, weight, bias, dilation, x.shape[1]), sub
+    return _plain_depthwise(x, weight, bias, dilation, padding), None
 
 
 class _DilatedDepthwiseConv2d(torch.autograd.Function):
-    """Stride-1 dilated depthwise convolution with fast CPU kernels in both directions."""
+    """Stride-1 dilated depthwise convolution with fast CPU kernels in both directions.
+
+    When the forward and the weight gradient both run on the sub-grids, the forward keeps its
+    sub-grid input for the weight gradient (in place of the input: same size), and the output
+    gradient's sub-grids made for the input gradient serve the weight gradient too where they
+    are the same tensor (symmetric padding a multiple of the dilation): each saves a padded
+    copy and an interleave per pass."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,
-                dilation: tuple[int, int], padding: Padding) -> Tensor:
-        ctx.save_for_backward(x, weight)
+                dilation: tuple[int, int], padding: Padding, weight_grad: bool) -> Tensor:
         ctx.dilation, ctx.padding, ctx.has_bias = dilation, padding, bias is not None
-        return _depthwise_forward(x, weight, bias, dilation, padding)
+        out, sub = _depthwise_forward(x, weight, bias, dilation, padding)
+        # Under autocast the output's dtype differs from the input's: the weight gradient's
+        # path is then chosen in backward, for the gradient's dtype.
+        if (sub is not None and weight_grad and out.dtype == x.dtype
+                and weight_grad_path(x, out, weight.shape, dilation, padding) == "subgrid"):
+            ctx.sub_plan = sub[1:]
+            ctx.save_for_backward(sub[0], weight)
+        else:
+            ctx.sub_plan = None
+            ctx.save_for_backward(x, weight)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
+        saved, weight = ctx.saved_tensors
         dilation, (left, right, top, bottom) = ctx.dilation, ctx.padding
         (dh, dw), (kh, kw) = dilation, weight.shape[-2:]
         # An autocast forward leaves grad in its lower precision; compute in that dtype.
-        x, weight = x.to(grad.dtype), weight.to(grad.dtype)
-        grad_x = grad_w = grad_b = None
+        saved, weight = saved.to(grad.dtype), weight.to(grad.dtype)
+        x, sub = (None, (saved, *ctx.sub_plan)) if ctx.sub_plan is not None else (saved, None)
+        grad_x = grad_w = grad_b = grad_sub = None
         with torch.autocast(grad.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
                 # dL/dx[i] = sum_t w[t] g[i + pad - t*d]: the correlation of g with the flipped
                 # kernel, padded by (k - 1) * d - pad on each side.
                 flipped_padding = ((kw - 1) * dw - left, (kw - 1) * dw - right,
                                    (kh - 1) * dh - top, (kh - 1) * dh - bottom)
-                grad_x = _depthwise_forward(grad, weight.flip(-2, -1), None, dilation,
-                                            flipped_padding)
+                grad_x, grad_sub = _depthwise_forward(grad, weight.flip(-2, -1), None, dilation,
+                                                      flipped_padding)
             if ctx.needs_input_grad[1]:
-                if weight_grad_path(x, grad, weight.shape, dilation, ctx.padding) == "subgrid":
-                    grad_w = subgrid_weight_grad(x, grad, weight.shape, dilation=dilation,
-                                                 padding=ctx.padding)
+                if sub is not None or weight_grad_path(x, grad, weight.shape, dilation,
+                                                       ctx.padding) == "subgrid":
+                    if sub is None:
+                        sub = _subgrid_input(x, (kh, kw), dilation, ctx.padding)
+                    shared = None
+                    if grad_sub is not None and tuple(grad_sub[1]) == _grad_padding(
+                            sub[0], (kh, kw), dilation, sub[2], sub[3]):
+                        shared = grad_sub[0]
+                    grad_w = subgrid_weight_grad(None, grad, weight.shape, dilation=dilation,
+                                                 padding=ctx.padding, sub=sub, sub_grad=shared)
                 else:
                     grad_w = _native_weight_grad(x, grad, weight.shape, dilation, ctx.padding)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
@@ -272,7 +322,8 @@ def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = No
                          f"{channels} input channels, got {tuple(weight.shape)}")
     dilation, padding = _pair(dilation), tuple(int(p) for p in padding)
     if x.device.type == "cpu" and FAST_DILATED_DEPTHWISE:
-        return _DilatedDepthwiseConv2d.apply(x, weight, bias, dilation, padding)
+        weight_grad = torch.is_grad_enabled() and weight.requires_grad
+        return _DilatedDepthwiseConv2d.apply(x, weight, bias, dilation, padding, weight_grad)
     return _plain_depthwise(x, weight, bias, dilation, padding)
 
 
