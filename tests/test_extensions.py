@@ -111,3 +111,48 @@ def test_toy_refiner_through_plda_run(tmp_path, toys):
     assert [s for s in before if before[s].get("finished") != after[s].get("finished")] == [
         "refine"]
     assert len(list((run / "pseudo" / "val").glob("*.png"))) == 4
+
+
+_DECLARED_VS_IMPORTED = r"""
+import json, sys
+from plda.registry import BACKBONES, METHODS, REFINERS
+from plda.config import load_run_config
+cfg = load_run_config("synth_cam", ["refine.method=crf"])
+read = {r.kind: [[n, r.meta(n)] for n in r.names()] for r in (BACKBONES, METHODS, REFINERS)}
+torch_after_config = "torch" in sys.modules
+for r in (BACKBONES, METHODS, REFINERS):
+    r.get(r.names()[0])  # imports the package's modules: their decorators register
+imported = {r.kind: [[n, r._entries[n].meta] for n in r.names()]
+            for r in (BACKBONES, METHODS, REFINERS)}
+print(json.dumps({"read": read, "imported": imported, "torch_after_config": torch_after_config,
+                  "entries": {r.kind: sorted(r._entries) for r in (BACKBONES, METHODS, REFINERS)}}))
+"""
+
+
+def test_built_in_names_read_from_source_match_what_importing_registers():
+    """Reading a config checks its names against the built-ins' declarations, read from the
+    modules' source: no torch imported. Importing the modules registers exactly those names
+    and metadata."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _DECLARED_VS_IMPORTED], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["torch_after_config"] is False
+    assert found["read"] == found["imported"]
+    for kind, names in found["read"].items():
+        assert sorted(n for n, _ in names) == found["entries"][kind]
+    assert dict(found["read"]["backbone"])["efficientnet_lite0"] == {"low_level": "stage2"}
+    methods = {n for n, _ in found["read"]["stage-1 method"]}
+    assert {"cam", "cam_plda", "seam", "seam_plda"} <= methods
+
+
+def test_a_registered_name_of_ones_own_follows_the_built_ins(toys):
+    from plda.registry import REFINERS
+
+    import toy_extensions  # noqa: F401 - registers toy_grow
+
+    names = REFINERS.names()
+    assert names[-1] == "toy_grow" and {"irn", "crf", "pamr", "affinity"} <= set(names[:-1])
+    assert REFINERS.meta("toy_grow") == REFINERS.get("toy_grow").meta

@@ -25,7 +25,7 @@ class _Refiners:
 def _refiner_list() -> str:
     from plda.registry import REFINERS
 
-    lines = [f"  {name}: {REFINERS.get(name).meta.get('description', '')}"
+    lines = [f"  {name}: {REFINERS.meta(name).get('description', '')}"
              for name in REFINERS.names()]
     return "\nrefiners:\n" + "\n".join(lines) + "\n"
 

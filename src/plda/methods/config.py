@@ -198,7 +198,8 @@ class MethodConfig:
     weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
-        METHODS.get(self.name)  # a ConfigError naming the registered methods
+        if self.name not in METHODS:
+            METHODS.get(self.name)  # a ConfigError naming the registered methods
 
 
 # What ``method.cps.loss_background: null`` means outside reference mode.

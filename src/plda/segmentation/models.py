@@ -55,7 +55,7 @@ SEG_WEIGHTS = "segmentation.safetensors"
 def low_level(backbone: str) -> str | None:
     """The stride-4 level backbone ``backbone`` offers the decoders: its registry entry's
     ``low_level`` (``plda.registry.BACKBONES``), or None when it names none."""
-    return BACKBONES.get(backbone).meta.get("low_level")
+    return BACKBONES.meta(backbone).get("low_level")
 
 
 def _rates(rates: tuple[int, ...], published_stride: int, output_stride: int) -> tuple[int, ...]:
