@@ -20,7 +20,6 @@ musl) are left alone.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -47,7 +46,7 @@ def _glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL("libc.so.6")  # glibc's soname on every Linux it runs
     except OSError:
         return None
 
