@@ -22,8 +22,8 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from plda.errors import ConfigError

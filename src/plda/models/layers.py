@@ -298,7 +298,7 @@ class _DilatedDepthwiseConv2d(torch.autograd.Function):
                     if sub is None:
                         sub = _subgrid_input(x, (kh, kw), dilation, ctx.padding)
                     shared = None
-                    if grad_sub is not None and tuple(grad_sub[1]) == _grad_padding(
+                    if grad_sub is not None and grad_sub[1] == _grad_padding(
                             sub[0], (kh, kw), dilation, sub[2], sub[3]):
                         shared = grad_sub[0]
                     grad_w = subgrid_weight_grad(None, grad, weight.shape, dilation=dilation,

@@ -7,11 +7,12 @@ once more than ``M_TRIM_THRESHOLD`` of it is free. A training step allocates and
 large activations every time, so with the defaults every large tensor is a new mapping whose
 pages fault in and are zeroed by the kernel on first touch: element-wise operations on a 38 MB
 tensor ran 6x slower than on reused memory, and an EfficientNet-Lite0 SEAM+PLDA step at crop 448
-spent about half its time there (``benchmarks/train_step.py --malloc tuned,system``).
+took 19.4 s against 12.1 s with the thresholds raised (``benchmarks/train_step.py --malloc
+system,tuned``, 2-core AMD EPYC, fp32).
 
 ``tune_allocator`` raises both thresholds to ``THRESHOLD`` (1 GiB) with ``mallopt``, so freed
 blocks up to that size stay in the heap and are reused; the cost is a higher resident peak (the
-process keeps what it freed: +10-20 % in the measured steps). The numbers computed are the same.
+process keeps what it freed: +26 % in the measured steps). The numbers computed are the same.
 It is called once per process by the ``plda`` command and by ``run_pipeline``;
 ``PLDA_MALLOC=system`` leaves the allocator as the C library set it. Other C libraries (macOS,
 musl) are left alone.
